@@ -1,0 +1,86 @@
+"""vene: interventions on the internal states of PyTorch models (pyvene-compatible).
+
+``import vene as pv`` runs pyvene-style code.
+"""
+from __future__ import annotations
+
+from . import components, models
+from .components import type_to_dimension_mapping, type_to_module_mapping
+from .config import IntervenableConfig, RepresentationConfig
+from .errors import (
+    ConfigError,
+    HookNotFiredError,
+    LocationError,
+    ShapeMismatchError,
+    SourceError,
+    UnknownComponentError,
+    UnknownInterventionTypeError,
+    VeneError,
+)
+from .interventions import (
+    AdditionIntervention,
+    BasisAgnosticIntervention,
+    CollectIntervention,
+    ConstantSourceIntervention,
+    DistributedRepresentationIntervention,
+    Intervention,
+    InterventionOutput,
+    LambdaIntervention,
+    LocalistRepresentationIntervention,
+    NoiseIntervention,
+    SharedWeightsTrainableIntervention,
+    SkipIntervention,
+    SourcelessIntervention,
+    SubtractionIntervention,
+    TrainableIntervention,
+    VanillaIntervention,
+    ZeroIntervention,
+    get_intervention_class,
+    register_intervention,
+)
+from .locations import GET_LOC
+from .model import IntervenableModel, IntervenableModelOutput
+from .models import (
+    GRUConfig,
+    MLPConfig,
+    create_gru,
+    create_gru_classifier,
+    create_gru_lm,
+    create_mlp_classifier,
+)
+from .utils import (
+    count_parameters,
+    embed_to_distrib,
+    format_token,
+    get_batch_size,
+    get_list_depth,
+    lsm,
+    set_seed,
+    sigmoid_boundary,
+    sm,
+    top_vals,
+)
+
+__version__ = "0.1.0"
+
+
+def build_intervenable_model(config, model, **kwargs):
+    """pyvene's generic builder; vene has one backend, so this is ``IntervenableModel``."""
+    return IntervenableModel(config, model, **kwargs)
+
+
+__all__ = [
+    "AdditionIntervention", "BasisAgnosticIntervention", "CollectIntervention", "ConfigError",
+    "ConstantSourceIntervention", "DistributedRepresentationIntervention", "GET_LOC", "GRUConfig",
+    "HookNotFiredError", "IntervenableConfig", "IntervenableModel", "IntervenableModelOutput",
+    "Intervention", "InterventionOutput", "LambdaIntervention", "LocalistRepresentationIntervention",
+    "LocationError", "MLPConfig", "NoiseIntervention", "RepresentationConfig",
+    "ShapeMismatchError", "SharedWeightsTrainableIntervention", "SkipIntervention",
+    "SourceError", "SourcelessIntervention", "SubtractionIntervention", "TrainableIntervention",
+    "UnknownComponentError", "UnknownInterventionTypeError", "VanillaIntervention", "VeneError",
+    "ZeroIntervention", "build_intervenable_model", "components", "count_parameters",
+    "create_gru", "create_gru_classifier", "create_gru_lm", "create_mlp_classifier",
+    "embed_to_distrib", "format_token", "get_batch_size", "get_intervention_class",
+    "get_list_depth", "lsm", "models", "register_intervention", "set_seed", "sigmoid_boundary",
+    "sm", "top_vals", "type_to_dimension_mapping", "type_to_module_mapping",
+]

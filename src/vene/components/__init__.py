@@ -1,0 +1,282 @@
+"""Component vocabulary -> :class:`Site`.
+
+A :class:`Site` is everything the engine needs to know about where an intervention acts: the
+module, whether its input, output or attention probabilities are hooked, and a *view* that turns
+the hooked tensor into ``(batch, unit, *features)`` (or ``(batch, heads, seq, *features)`` for
+head components) **without copying**, so that reads gather only the selected units and writes go
+straight into the module's tensor.
+
+Resolution order for ``component`` on a model:
+
+1. user registrations in :data:`type_to_module_mapping` (pyvene's format, keyed by class, looked up
+   along the MRO so subclasses work);
+2. vene's tables keyed by ``model.config.model_type`` (:mod:`vene.components.tables`), and a
+   generic detector for anything laid out as ``*.layers[i].{self_attn, mlp}``;
+3. a raw module path ending in ``.input`` / ``.output`` (``"model.layers[3].mlp.output"``).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import UnknownComponentError, did_you_mean
+from . import tables
+from .tables import ARCHITECTURES, LLAMA
+
+CONST_INPUT_HOOK = "register_forward_pre_hook"
+CONST_OUTPUT_HOOK = "register_forward_hook"
+
+#: User registrations, pyvene style: ``{ModelClass: {component: (path_template, hook[, ...])}}``.
+type_to_module_mapping: dict[type, dict[str, tuple]] = {}
+#: User registrations, pyvene style: ``{ModelClass: {component: ("dim expression", ...)}}``.
+type_to_dimension_mapping: dict[type, dict[str, tuple]] = {}
+
+
+@dataclass(frozen=True)
+class Site:
+    """A resolved intervention location."""
+
+    module_path: str  # dotted path, "" for the model itself
+    io: str  # "input" | "output" | "attn_probs"
+    view: tuple | None = None  # see _make_view
+    dim: int | None = None  # feature size of one unit
+    head_layout: bool = False  # view is (batch, heads, seq, features)
+    n_heads: int | None = None
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def describe(self) -> str:
+        return f"{self.module_path or '<model>'}.{self.io}"
+
+
+# ---------------------------------------------------------------------------------------------
+# views: pure reshapes/slices of the hooked tensor (no copies)
+
+
+def make_view(x: torch.Tensor, view: tuple | None, n_heads: int | None) -> torch.Tensor:
+    """Return a view of ``x`` laid out as the site's units expect."""
+    if view is None:
+        return x
+    kind = view[0]
+    if kind == "chunk":
+        _, i, n = view
+        size = x.shape[-1] // n
+        return x.narrow(-1, i * size, size)
+    if kind == "heads":
+        return _split_heads(x, n_heads)
+    if kind == "chunk_heads":
+        _, i, n, _ = view
+        size = x.shape[-1] // n
+        return _split_heads(x.narrow(-1, i * size, size), n_heads)
+    if kind in ("neox_qkv", "neox_qkv_heads"):
+        i = view[1]
+        b_s = x.shape[:-1]
+        per_head = x.shape[-1] // n_heads
+        v = x.view(*b_s, n_heads, 3, per_head // 3).select(-2, i)  # (b, s, H, dh)
+        if kind == "neox_qkv_heads":
+            return v.transpose(1, 2)  # (b, H, s, dh)
+        return v  # (b, s, H, dh): two feature dims, flattened by the gatherer
+    raise ValueError(f"unknown view {view!r}")
+
+
+def _split_heads(x: torch.Tensor, n_heads: int | None) -> torch.Tensor:
+    b_s = x.shape[:-1]
+    d = x.shape[-1] // n_heads
+    return x.view(*b_s, n_heads, d).transpose(1, 2)  # (b, H, s, d)
+
+
+def feature_ndim(view: tuple | None) -> int:
+    return 2 if view is not None and view[0] == "neox_qkv" else 1
+
+
+# ---------------------------------------------------------------------------------------------
+# module paths
+
+_SEG = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)$")
+
+
+def normalise_path(path: str) -> str:
+    """``"model.layers[3].mlp"`` -> ``"model.layers.3.mlp"``."""
+    out = []
+    for seg in path.split("."):
+        if seg == "":
+            continue
+        m = _SEG.match(seg)
+        if m is None:
+            if seg.isdigit():
+                out.append(seg)
+                continue
+            raise UnknownComponentError(f"Malformed module path segment {seg!r} in {path!r}.")
+        out.append(m.group(1))
+        out.extend(re.findall(r"\[(\d+)\]", m.group(2)))
+    return ".".join(out)
+
+
+def get_module(model: nn.Module, path: str) -> nn.Module:
+    if path == "":
+        return model
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n]
+        raise UnknownComponentError(
+            f"The model has no module {path!r}.{did_you_mean(path, names)} "
+            f"Module paths look like {names[min(3, len(names) - 1)]!r}."
+            if names
+            else f"The model has no module {path!r}."
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# architecture detection
+
+_ARCH_CACHE: dict[int, tuple[str, str, dict] | None] = {}
+
+
+def _find_layers(model: nn.Module, attr: str) -> str | None:
+    best = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.ModuleList) and (name == attr or name.endswith("." + attr)):
+            if best is None or len(name) < len(best):
+                best = name
+    return best
+
+
+def detect_architecture(model: nn.Module) -> tuple[str, str, dict] | None:
+    """Return ``(arch name, layers path, table)`` for a known architecture, else None."""
+    cfg = getattr(model, "config", None)
+    model_type = getattr(cfg, "model_type", None)
+    if model_type in ARCHITECTURES:
+        attr, table = ARCHITECTURES[model_type]
+        layers = _find_layers(model, attr)
+        if layers is not None:
+            return model_type, layers, table
+    # Generic: anything laid out as *.layers[i].{self_attn(q/k/v/o_proj), mlp(act_fn)}
+    layers = _find_layers(model, "layers")
+    if layers is not None and cfg is not None:
+        lst = model.get_submodule(layers)
+        if len(lst) and all(hasattr(lst[0], a) for a in ("self_attn", "mlp")):
+            attn = lst[0].self_attn
+            if all(hasattr(attn, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")):
+                return "llama-like", layers, LLAMA
+    return None
+
+
+def _user_table(model: nn.Module) -> tuple[dict, dict] | None:
+    for cls in type(model).__mro__:
+        if cls in type_to_module_mapping:
+            return type_to_module_mapping[cls], type_to_dimension_mapping.get(cls, {})
+    return None
+
+
+def _eval_dim(expr: Any, cfg: Any) -> int | None:
+    """Evaluate pyvene dimension expressions such as ``"d_model/num_heads"`` or ``"n_embd*4"``."""
+    if isinstance(expr, int):
+        return expr
+    if not isinstance(expr, str):
+        return None
+    tokens = re.split(r"([*/])", expr.replace(" ", ""))
+    value = None
+    op = None
+    for tok in tokens:
+        if tok in ("*", "/"):
+            op = tok
+            continue
+        if tok.isdigit():
+            v = int(tok)
+        else:
+            v = cfg
+            for part in tok.split("."):
+                v = getattr(v, part, None) if v is not None else None
+            if v is None:
+                return None
+            v = int(v)
+        if value is None:
+            value = v
+        elif op == "*":
+            value = value * v
+        else:
+            value = int(value / v)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_site(model: nn.Module, component: str, layer: int = 0, moe_key: Any = None) -> Site:
+    """Resolve a component name (or raw module path) on ``model`` to a :class:`Site`."""
+    cfg = getattr(model, "config", None)
+    user = _user_table(model)
+    if user is not None and component in user[0]:
+        entry = user[0][component]
+        template, hook = entry[0], entry[1]
+        path = template % ((layer, moe_key) if moe_key is not None else layer) if "%s" in template else template
+        io = "input" if hook == CONST_INPUT_HOOK else "output"
+        view = None
+        n_h = None
+        for extra in entry[2:]:  # pyvene's (split_fn, param) pairs; heads are the common case
+            if isinstance(extra, tuple) and len(extra) == 2 and isinstance(extra[1], str):
+                n_h = _eval_dim(extra[1], cfg)
+                view = ("heads", extra[1])
+        dim = None
+        for expr in user[1].get(component, ()):
+            dim = _eval_dim(expr, cfg)
+            if dim is not None:
+                break
+        path = normalise_path(path)
+        get_module(model, path)
+        return Site(path, io, view, dim, head_layout=view is not None, n_heads=n_h)
+
+    arch = detect_architecture(model)
+    if arch is not None and component in arch[2]:
+        _, layers_path, table = arch
+        rel, io, view, dim_fn = table[component]
+        n_layers = len(model.get_submodule(layers_path))
+        if not 0 <= layer < n_layers:
+            raise UnknownComponentError(
+                f"layer {layer} is out of range for component {component!r}: the model has "
+                f"{n_layers} layers (0..{n_layers - 1})."
+            )
+        path = f"{layers_path}.{layer}" + (f".{rel}" if rel else "")
+        get_module(model, path)
+        n_h = None
+        if view is not None:
+            heads_key = view[-1] if view[0] in ("heads", "chunk_heads") else "n_head"
+            n_h = tables.HEADS[heads_key](cfg)
+        head_layout = view is not None and view[0] in ("heads", "chunk_heads", "neox_qkv_heads")
+        if io == "attn_probs" and path.endswith("attn_dropout"):
+            io = "input"
+        return Site(path, io, view, dim_fn(cfg), head_layout=head_layout or component == "attention_weight", n_heads=n_h)
+
+    if component.endswith(".output") or component.endswith(".input"):
+        raw, io = component.rsplit(".", 1)
+        path = normalise_path(raw)
+        module = get_module(model, path)
+        dim = None
+        if isinstance(module, nn.Linear):
+            dim = module.out_features if io == "output" else module.in_features
+        return Site(path, io, None, dim)
+
+    known = sorted(arch[2]) if arch is not None else []
+    if user is not None:
+        known = sorted(set(known) | set(user[0]))
+    where = f"for {arch[0]}" if arch is not None else f"for {type(model).__name__}"
+    hint = did_you_mean(component, known)
+    msg = f"Unknown component {component!r} {where}.{hint}"
+    if known:
+        msg += f" Known: {', '.join(known)}."
+    else:
+        msg += (
+            " This architecture has no component table: register one in "
+            "vene.type_to_module_mapping, or"
+        )
+    msg += " Or pass a module path such as 'model.layers[3].mlp.output' (ending in .input or .output)."
+    raise UnknownComponentError(msg)
+
+
+def component_dimension(model: nn.Module, component: str) -> int | None:
+    """Feature size of one unit of ``component`` (pyvene's ``get_dimension_by_component``)."""
+    return resolve_site(model, component, 0).dim

@@ -1,0 +1,165 @@
+"""Built-in component tables, keyed by ``config.model_type`` strings.
+
+Each entry maps a pyvene component name to ``(module path relative to one layer, io, view)``:
+
+* ``io`` is ``"input"``, ``"output"`` or ``"attn_probs"`` (the attention probabilities, exposed by
+  vene's probe attention for models that compute them functionally).
+* ``view`` describes how the hooked tensor is reshaped before units are indexed (see
+  :mod:`vene.components`): ``None``; ``("chunk", i, n)`` (the i-th of n equal slices of the last
+  dim); ``("heads", n_heads_key)``; ``("chunk_heads", i, n, n_heads_key)``;
+  ``("neox_qkv", i)`` / ``("neox_qkv_heads", i)``.
+
+Dimensions are given as functions of the model config.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+
+def _get(cfg: Any, *names: str, default: Any = None) -> Any:
+    for n in names:
+        v = getattr(cfg, n, None)
+        if v is not None:
+            return v
+    return default
+
+
+def n_heads(cfg: Any) -> int:
+    return int(_get(cfg, "num_attention_heads", "n_head", "num_heads"))
+
+
+def n_kv_heads(cfg: Any) -> int:
+    return int(_get(cfg, "num_key_value_heads", default=n_heads(cfg)))
+
+
+def hidden(cfg: Any) -> int:
+    return int(_get(cfg, "hidden_size", "n_embd", "d_model"))
+
+
+def head_dim(cfg: Any) -> int:
+    hd = getattr(cfg, "head_dim", None)
+    return int(hd) if hd else hidden(cfg) // n_heads(cfg)
+
+
+def mlp_inner(cfg: Any) -> int:
+    return int(_get(cfg, "intermediate_size", "n_inner", default=4 * hidden(cfg)))
+
+
+def max_pos(cfg: Any) -> int:
+    return int(_get(cfg, "max_position_embeddings", "n_positions", "n_ctx", default=0))
+
+
+HEADS = {"n_head": n_heads, "n_kv_head": n_kv_heads}
+
+# component -> (relative module path, io, view, dim fn)
+Table = dict[str, tuple[str, str, Any, Callable[[Any], int]]]
+
+GPT2: Table = {
+    "block_input": ("", "input", None, hidden),
+    "block_output": ("", "output", None, hidden),
+    "mlp_activation": ("mlp.act", "output", None, mlp_inner),
+    "mlp_output": ("mlp", "output", None, hidden),
+    "mlp_input": ("mlp", "input", None, hidden),
+    "attention_value_output": ("attn.c_proj", "input", None, hidden),
+    "head_attention_value_output": ("attn.c_proj", "input", ("heads", "n_head"), head_dim),
+    "attention_weight": ("attn", "attn_probs", None, max_pos),
+    "attention_output": ("attn", "output", None, hidden),
+    "attention_input": ("attn", "input", None, hidden),
+    "query_output": ("attn.c_attn", "output", ("chunk", 0, 3), hidden),
+    "key_output": ("attn.c_attn", "output", ("chunk", 1, 3), hidden),
+    "value_output": ("attn.c_attn", "output", ("chunk", 2, 3), hidden),
+    "head_query_output": ("attn.c_attn", "output", ("chunk_heads", 0, 3, "n_head"), head_dim),
+    "head_key_output": ("attn.c_attn", "output", ("chunk_heads", 1, 3, "n_head"), head_dim),
+    "head_value_output": ("attn.c_attn", "output", ("chunk_heads", 2, 3, "n_head"), head_dim),
+}
+
+
+def _kv(cfg: Any) -> int:
+    return n_kv_heads(cfg) * head_dim(cfg)
+
+
+def _q(cfg: Any) -> int:
+    return n_heads(cfg) * head_dim(cfg)
+
+
+LLAMA: Table = {
+    "block_input": ("", "input", None, hidden),
+    "block_output": ("", "output", None, hidden),
+    "mlp_activation": ("mlp.act_fn", "output", None, mlp_inner),
+    "mlp_output": ("mlp", "output", None, hidden),
+    "mlp_input": ("mlp", "input", None, hidden),
+    "attention_value_output": ("self_attn.o_proj", "input", None, _q),
+    "head_attention_value_output": ("self_attn.o_proj", "input", ("heads", "n_head"), head_dim),
+    "attention_weight": ("self_attn", "attn_probs", None, max_pos),
+    "attention_output": ("self_attn", "output", None, hidden),
+    "attention_input": ("self_attn", "input", None, hidden),
+    "query_output": ("self_attn.q_proj", "output", None, _q),
+    "key_output": ("self_attn.k_proj", "output", None, _kv),
+    "value_output": ("self_attn.v_proj", "output", None, _kv),
+    "head_query_output": ("self_attn.q_proj", "output", ("heads", "n_head"), head_dim),
+    "head_key_output": ("self_attn.k_proj", "output", ("heads", "n_kv_head"), head_dim),
+    "head_value_output": ("self_attn.v_proj", "output", ("heads", "n_kv_head"), head_dim),
+}
+
+GPT_NEO: Table = {
+    "block_input": ("", "input", None, hidden),
+    "block_output": ("", "output", None, hidden),
+    "mlp_activation": ("mlp.act", "output", None, mlp_inner),
+    "mlp_output": ("mlp", "output", None, hidden),
+    "mlp_input": ("mlp", "input", None, hidden),
+    "attention_value_output": ("attn.attention.out_proj", "input", None, hidden),
+    "head_attention_value_output": ("attn.attention.out_proj", "input", ("heads", "n_head"), head_dim),
+    "attention_weight": ("attn.attention.attn_dropout", "input", None, max_pos),
+    "attention_output": ("attn", "output", None, hidden),
+    "attention_input": ("attn", "input", None, hidden),
+    "query_output": ("attn.attention.q_proj", "output", None, hidden),
+    "key_output": ("attn.attention.k_proj", "output", None, hidden),
+    "value_output": ("attn.attention.v_proj", "output", None, hidden),
+    "head_query_output": ("attn.attention.q_proj", "output", ("heads", "n_head"), head_dim),
+    "head_key_output": ("attn.attention.k_proj", "output", ("heads", "n_head"), head_dim),
+    "head_value_output": ("attn.attention.v_proj", "output", ("heads", "n_head"), head_dim),
+}
+
+GPT_NEOX: Table = {
+    "block_input": ("", "input", None, hidden),
+    "block_output": ("", "output", None, hidden),
+    "mlp_activation": ("mlp.act", "output", None, mlp_inner),
+    "mlp_output": ("mlp", "output", None, hidden),
+    "mlp_input": ("mlp", "input", None, hidden),
+    "attention_value_output": ("attention.dense", "input", None, hidden),
+    "head_attention_value_output": ("attention.dense", "input", ("heads", "n_head"), head_dim),
+    "attention_weight": ("attention", "attn_probs", None, max_pos),
+    "attention_output": ("attention", "output", None, hidden),
+    "attention_input": ("attention", "input", None, hidden),
+    "query_output": ("attention.query_key_value", "output", ("neox_qkv", 0), hidden),
+    "key_output": ("attention.query_key_value", "output", ("neox_qkv", 1), hidden),
+    "value_output": ("attention.query_key_value", "output", ("neox_qkv", 2), hidden),
+    "head_query_output": ("attention.query_key_value", "output", ("neox_qkv_heads", 0), head_dim),
+    "head_key_output": ("attention.query_key_value", "output", ("neox_qkv_heads", 1), head_dim),
+    "head_value_output": ("attention.query_key_value", "output", ("neox_qkv_heads", 2), head_dim),
+}
+
+# model_type -> (name of the ModuleList that holds the layers, table)
+ARCHITECTURES: dict[str, tuple[str, Table]] = {
+    "gpt2": ("h", GPT2),
+    "gpt_neo": ("h", GPT_NEO),
+    "gpt_neox": ("layers", GPT_NEOX),
+}
+LLAMA_LIKE = (
+    "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2",
+    "olmo3", "smollm3", "granite", "helium",
+)
+for _mt in LLAMA_LIKE:
+    ARCHITECTURES[_mt] = ("layers", LLAMA)
+
+
+def _h_dim(cfg: Any) -> int:
+    return int(cfg.h_dim)
+
+
+MLP: Table = {
+    "block_input": ("", "input", None, _h_dim),
+    "block_output": ("", "output", None, _h_dim),
+    "mlp_activation": ("act", "output", None, _h_dim),
+}
+ARCHITECTURES["mlp"] = ("h", MLP)

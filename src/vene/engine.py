@@ -1,0 +1,274 @@
+"""Execution: run one intervened call.
+
+A call is described by a :class:`CallPlan` (built and validated by ``IntervenableModel`` before
+anything runs). Execution installs one hook per hooked (module, io) pair that performs, in key
+order, the *ops* placed there:
+
+* a **getter** reads the selected units of a source's rows and keeps them;
+* a **setter** reads the selected units of the target rows, runs the intervention, and writes the
+  result back (in place when no gradient is being recorded, out of place otherwise).
+
+When the sources and the base can share a batch, everything runs in **one** forward pass: the
+rows of the batch are ``[original base?] [base] [source 0] [source 1] ...``; getters read source
+rows and setters write base rows (or, in serial mode, the next source's rows). Otherwise each
+source runs on its own, and that pass stops as soon as its last getter has fired.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .components import Site, feature_ndim, get_module, make_view
+from .errors import HookNotFiredError, LocationError, ShapeMismatchError
+from .hooks import HookSession
+from .interventions import CollectIntervention, InterventionOutput, LambdaIntervention
+from .locations import Loc
+
+
+class _StopForward(Exception):
+    """Raised inside a source pass once every getter it serves has fired."""
+
+
+@dataclass
+class KeySpec:
+    """Static description of one intervention (built once, at construction)."""
+
+    key: str
+    index: int
+    site: Site
+    intervention: nn.Module
+    group: int
+    unit: str
+    is_lambda: bool
+    is_collect: bool
+    flatten: bool
+    pass_kwargs: bool
+    getter_io: str  # where the getter reads ("input" for Skip)
+    module: nn.Module = field(repr=False, default=None)
+
+    @property
+    def constant(self) -> bool:
+        return bool(getattr(self.intervention, "is_source_constant", False)) or self.is_lambda
+
+
+@dataclass
+class Op:
+    spec: KeySpec
+    setter: bool
+    loc: Loc | None
+    rows: slice | None
+    subspaces: Any = None
+    fired: int = 0
+
+
+@dataclass
+class CallPlan:
+    """Everything one call needs, validated."""
+
+    batch: int
+    specs: list[KeySpec]
+    active: list[bool]  # key applies in this call
+    needs_getter: list[bool]
+    src_locs: list[Loc | None]
+    base_locs: list[Loc | None]
+    target: list[int]  # group whose rows a key writes (n_groups = base)
+    subspaces: list[Any]
+    sources: list[dict | None]
+    reps: dict[str, torch.Tensor]
+    extra_kwargs: dict[str, Any] | None
+    n_groups: int
+    serial: bool
+    collected: dict[str, list] = field(default_factory=dict)
+    acts: dict[str, Any] = field(default_factory=dict)
+    full_outputs: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# gather / scatter on a site's view
+
+
+def _view(spec: KeySpec, x: torch.Tensor, rows: slice | None) -> torch.Tensor:
+    v = make_view(x, spec.site.view, spec.site.n_heads)
+    return v if rows is None else v[rows]
+
+
+def _gather(v: torch.Tensor, loc: Loc | None, spec: KeySpec, side: str) -> torch.Tensor:
+    """Selected units of ``v``: ``(B, U, *f)`` (``(B, H, P, *f)`` for two-level units)."""
+    if loc is None:
+        return v
+    idx, idx2, b = loc.on(v.device)
+    if loc.max1 >= v.shape[1]:
+        raise LocationError(
+            f"{spec.key}: {side} location {loc.max1} is out of range: {_axis_name(spec, 1)} has "
+            f"{v.shape[1]} entries (0..{v.shape[1] - 1})."
+        )
+    if idx2 is None:
+        if idx.shape[0] != v.shape[0]:
+            raise LocationError(f"{spec.key}: {side} locations cover {idx.shape[0]} examples but the batch has {v.shape[0]}.")
+        return v[b, idx]
+    if loc.max2 >= v.shape[2]:
+        raise LocationError(
+            f"{spec.key}: {side} location {loc.max2} is out of range: {_axis_name(spec, 2)} has "
+            f"{v.shape[2]} entries (0..{v.shape[2] - 1})."
+        )
+    return v[b.unsqueeze(2), idx.unsqueeze(2), idx2.unsqueeze(1)]
+
+
+def _axis_name(spec: KeySpec, axis: int) -> str:
+    if spec.site.head_layout:
+        return "the head axis" if axis == 1 else "the position axis"
+    return "the position axis" if spec.unit in ("pos",) else f"the {spec.unit!r} axis"
+
+
+def _scatter(v: torch.Tensor, loc: Loc | None, new: torch.Tensor) -> None:
+    if loc is None:
+        if new.data_ptr() != v.data_ptr():
+            v.copy_(new)
+        return
+    idx, idx2, b = loc.on(v.device)
+    if idx2 is None:
+        v[b, idx] = new
+    else:
+        v[b.unsqueeze(2), idx.unsqueeze(2), idx2.unsqueeze(1)] = new
+
+
+def _flatten_feats(t: torch.Tensor, spec: KeySpec, n_lead: int) -> torch.Tensor:
+    """Merge multi-dim features (NeoX q/k/v) into one feature axis."""
+    if feature_ndim(spec.site.view) == 1:
+        return t
+    return t.reshape(*t.shape[:n_lead], -1)
+
+
+def _call_intervention(spec: KeySpec, base: torch.Tensor, source: Any, subspaces: Any, plan: CallPlan, args: tuple) -> Any:
+    iv = spec.intervention
+    if spec.is_lambda:
+        return iv(base, source, subspaces)
+    shape = None
+    if spec.flatten and base.dim() >= 3:
+        shape = base.shape
+        if base.dim() == 3:
+            base = base.reshape(base.shape[0], -1)
+            if source is not None and source.dim() == 3:
+                source = source.reshape(source.shape[0], -1)
+        elif base.dim() == 4:
+            base = base.permute(0, 2, 1, 3).reshape(base.shape[0], base.shape[2], -1)
+            if source is not None and source.dim() == 4:
+                source = source.permute(0, 2, 1, 3).reshape(source.shape[0], source.shape[2], -1)
+    kwargs = {}
+    if spec.pass_kwargs:
+        if plan.extra_kwargs:
+            kwargs.update(plan.extra_kwargs)
+        kwargs["args"] = args
+    out = iv(base, source, subspaces, **kwargs) if kwargs else iv(base, source, subspaces)
+    if isinstance(out, InterventionOutput):
+        plan.full_outputs[spec.key] = out
+        out = out.output
+    if shape is not None and isinstance(out, torch.Tensor) and not spec.is_collect:
+        if len(shape) == 3:
+            out = out.reshape(shape)
+        else:
+            out = out.reshape(shape[0], shape[2], shape[1], shape[3]).permute(0, 2, 1, 3)
+    return out
+
+
+def make_hook(ops: list[Op], plan: CallPlan, protected: set[int], stop_after: list[int] | None) -> Callable:
+    """One hook function serving every op placed on one (module, io)."""
+
+    counts_for_stop = stop_after is not None and any(not op.setter for op in ops)
+    done = [False]
+
+    def fn(mod: nn.Module, x: torch.Tensor, fire: int, args: tuple) -> torch.Tensor | None:
+        y = x
+        copied = False
+        for op in ops:
+            spec = op.spec
+            op.fired += 1
+            if not op.setter:
+                v = _view(spec, y, op.rows)
+                sel = _gather(v, op.loc, spec, "source")
+                if op.loc is None:
+                    sel = sel.clone()
+                plan.acts[spec.key] = _flatten_feats(sel, spec, 3 if op.loc is not None and op.loc.two_level else 2)
+                continue
+            if not copied and not spec.is_collect and (
+                torch.is_grad_enabled() or (protected and x.untyped_storage().data_ptr() in protected)
+            ):
+                y = x.clone()
+                copied = True
+            v = _view(spec, y, op.rows)
+            n_lead = 3 if op.loc is not None and op.loc.two_level else 2
+            sel = _flatten_feats(_gather(v, op.loc, spec, "base"), spec, n_lead)
+            source = plan.acts.get(spec.key)
+            if source is None:
+                source = plan.reps.get(spec.key)
+            if source is not None and isinstance(source, torch.Tensor) and source.dim() == sel.dim() and source.shape != sel.shape and not spec.is_lambda:
+                if source.shape[0] != sel.shape[0] or (source.shape[1] != sel.shape[1] and source.shape[1] != 1):
+                    raise ShapeMismatchError(
+                        f"{spec.key}: the source selection has shape {tuple(source.shape)} but the base "
+                        f"selection has shape {tuple(sel.shape)}; select the same number of units on both sides."
+                    )
+            new = _call_intervention(spec, sel, source, op.subspaces, plan, args)
+            if spec.is_collect:
+                plan.collected.setdefault(spec.key, []).append(new)
+                continue
+            if not isinstance(new, torch.Tensor):
+                raise ShapeMismatchError(f"{spec.key}: the intervention returned {type(new).__name__}, not a tensor.")
+            if new.shape != sel.shape:
+                raise ShapeMismatchError(
+                    f"{spec.key}: the intervention returned shape {tuple(new.shape)} for a selection of "
+                    f"shape {tuple(sel.shape)}."
+                )
+            if feature_ndim(spec.site.view) != 1:
+                target_shape = _gather(v, op.loc, spec, "base").shape if op.loc is not None else v.shape
+                new = new.reshape(target_shape)
+            if new.dtype != v.dtype:
+                new = new.to(v.dtype)
+            _scatter(v, op.loc, new)
+        if counts_for_stop and not done[0]:
+            done[0] = True
+            stop_after[0] -= 1
+            if stop_after[0] <= 0:
+                raise _StopForward()
+        return y if copied else None
+
+    return fn
+
+
+def install(session: HookSession, model: nn.Module, ops: list[Op], plan: CallPlan, protected: set[int], stop_after: list[int] | None = None) -> None:
+    """Group ``ops`` by (module, io) in key order and register one hook for each."""
+    by_site: dict[tuple[str, str], list[Op]] = {}
+    for op in ops:
+        io = op.spec.getter_io if not op.setter else op.spec.site.io
+        by_site.setdefault((op.spec.site.module_path, io), []).append(op)
+    if stop_after is not None:
+        stop_after[0] = sum(any(not op.setter for op in site_ops) for site_ops in by_site.values())
+    for (path, io), site_ops in by_site.items():
+        module = site_ops[0].spec.module if site_ops[0].spec.module is not None else get_module(model, path)
+        session.add(module, io, make_hook(site_ops, plan, protected, stop_after))
+
+
+def check_fired(ops: list[Op], what: str) -> None:
+    for op in ops:
+        if op.fired == 0:
+            raise HookNotFiredError(
+                f"{op.spec.key}: the module {op.spec.site.describe()} never ran during the {what}; "
+                "is this component used by the model for these inputs?"
+            )
+
+
+def run_pass(model: nn.Module, inputs: dict, extra: dict) -> Any:
+    return model(**inputs, **extra)
+
+
+def run_source_pass(model: nn.Module, inputs: dict, ops: list[Op], plan: CallPlan, protected: set[int], early_stop: bool) -> None:
+    stop = [0] if early_stop else None
+    with HookSession(model) as session:
+        install(session, model, ops, plan, protected, stop)
+        try:
+            model(**inputs)
+        except _StopForward:
+            pass
+    check_fired([op for op in ops if not op.setter], "source pass")

@@ -1,0 +1,56 @@
+"""Exception hierarchy.
+
+Every error vene raises is a :class:`VeneError`; each subclass also derives from the builtin
+exception a user would naturally catch (``ValueError``, ``KeyError``...), so ``except ValueError``
+keeps working.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class VeneError(Exception):
+    """Base class of every error raised by vene."""
+
+
+class ConfigError(VeneError, ValueError):
+    """An intervention configuration is malformed."""
+
+
+class UnknownComponentError(VeneError, KeyError):
+    """A component name or module path does not exist on the wrapped model."""
+
+    def __str__(self) -> str:  # KeyError would show the repr of the message
+        return str(self.args[0]) if self.args else ""
+
+
+class LocationError(VeneError, ValueError):
+    """``unit_locations`` / ``subspaces`` are malformed or out of range."""
+
+
+class SourceError(VeneError, ValueError):
+    """``sources`` / ``source_representations`` do not match the configuration."""
+
+
+class ShapeMismatchError(VeneError, ValueError):
+    """Tensors handed to an intervention have incompatible shapes."""
+
+
+class HookNotFiredError(VeneError, RuntimeError):
+    """A site was configured but its module never ran during the forward pass."""
+
+
+class UnknownInterventionTypeError(VeneError, KeyError):
+    """An intervention type name is not registered."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
+    """Return a ``" Did you mean 'x'?"`` suffix, or ``""`` when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=n, cutoff=0.6)
+    if not close:
+        return ""
+    return " Did you mean " + " or ".join(repr(c) for c in close) + "?"

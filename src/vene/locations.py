@@ -1,0 +1,310 @@
+"""The ``unit_locations`` / ``subspaces`` grammar.
+
+User input (pyvene's shorthands and nested lists) is normalised once per call into one
+:class:`Loc` per intervention and side: index tensors of shape ``(batch, units)`` (two of them for
+two-level units such as ``"h.pos"``). Every validation error about locations is raised here, with
+the intervention's key in the message.
+
+Canonical form, parallel mode: ``{"sources->base": (SRC, BASE)}``; ``SRC`` and ``BASE`` are lists
+with one entry per intervention (in key order); an entry is ``None`` (skip / whole tensor) or
+``[batch][units]`` ints (``[2][batch][units]`` for ``"h.pos"``: heads, then positions).
+Shorthands: an int ``k`` (that unit in every example, on both sides); a pair of ints ``(a, b)``
+(source unit ``a`` into base unit ``b``, as in pyvene); ``(None, b)`` / ``(a, None)``; a flat list
+of ints (those units, both sides). Under ``"base"`` a flat list of ints always means units (never a
+pair). Serial mode uses ``"source_i->source_{i+1}"`` ... ``"source_{n-1}->base"``; each entry lists
+the interventions of group ``i``.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from .errors import LocationError
+
+
+class Loc:
+    """Index tensors of one intervention on one side (source or base)."""
+
+    __slots__ = ("idx", "idx2", "max1", "max2", "batch", "_dev")
+
+    def __init__(self, idx: torch.Tensor, idx2: torch.Tensor | None, max1: int, max2: int) -> None:
+        self.idx = idx
+        self.idx2 = idx2
+        self.max1 = max1
+        self.max2 = max2
+        self.batch = idx.shape[0]
+        self._dev: dict = {}
+
+    @property
+    def two_level(self) -> bool:
+        return self.idx2 is not None
+
+    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """``(idx, idx2, batch_index)`` on ``device`` (cached)."""
+        got = self._dev.get(device)
+        if got is None:
+            b = torch.arange(self.batch, device=device).unsqueeze(1)
+            idx = self.idx.to(device)
+            idx2 = self.idx2.to(device) if self.idx2 is not None else None
+            got = (idx, idx2, b)
+            self._dev[device] = got
+        return got
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_int_list(x: Any) -> bool:
+    return isinstance(x, (list, tuple)) and len(x) > 0 and all(_is_int(v) for v in x)
+
+
+def _rows(value: Any, batch: int, key: str, side: str, what: str) -> list[list[int]]:
+    """Validate ``[batch][units]`` ints; return as list of lists."""
+    if not isinstance(value, (list, tuple)):
+        raise LocationError(
+            f"{key}: {side} {what} must be a list with one list of units per example "
+            f"([batch][units]), got {value!r}."
+        )
+    if len(value) != batch:
+        if _is_int_list(value):
+            raise LocationError(
+                f"{key}: {side} {what} {list(value)!r} is one level too shallow: give one list of units "
+                f"per example, e.g. {[list(value)] * min(batch, 2)!r} for a batch of {batch}."
+            )
+        raise LocationError(
+            f"{key}: {side} {what} has {len(value)} rows but the batch has {batch} examples "
+            "(one list of units per example is expected)."
+        )
+    rows = []
+    width = None
+    for i, row in enumerate(value):
+        if _is_int(row):
+            row = [row]
+        if not _is_int_list(row):
+            raise LocationError(
+                f"{key}: {side} {what} of example {i} must be a non-empty list of ints, got {row!r} "
+                "(wrong nesting? the canonical form is [intervention][batch][units])."
+            )
+        if width is None:
+            width = len(row)
+        elif len(row) != width:
+            raise LocationError(
+                f"{key}: {side} {what} have different lengths across examples ({width} vs {len(row)}); "
+                "every example must select the same number of units."
+            )
+        rows.append(list(row))
+    return rows
+
+
+def build_loc(entry: Any, unit: str, batch: int, key: str, side: str) -> Loc | None:
+    """Turn one intervention's canonical entry into a :class:`Loc` (None = whole tensor)."""
+    if entry is None:
+        return None
+    if "." in unit:
+        if not (isinstance(entry, (list, tuple)) and len(entry) == 2):
+            raise LocationError(
+                f"{key}: unit {unit!r} has two levels, so each {side} location must be "
+                f"[[{unit.split('.')[0]}s per example], [{unit.split('.')[1]}s per example]], got {entry!r}. "
+                "Use vene.GET_LOC((head, pos)) to build one."
+            )
+        r1 = _rows(entry[0], batch, key, side, unit.split(".")[0] + " locations")
+        r2 = _rows(entry[1], batch, key, side, unit.split(".")[1] + " locations")
+        t1 = torch.tensor(r1, dtype=torch.long)
+        t2 = torch.tensor(r2, dtype=torch.long)
+        return Loc(t1, t2, max(max(r) for r in r1), max(max(r) for r in r2))
+    rows = _rows(entry, batch, key, side, f"{unit} locations")
+    mins = min(min(r) for r in rows)
+    if mins < 0:
+        raise LocationError(f"{key}: negative {side} location {mins}; locations count from 0.")
+    return Loc(torch.tensor(rows, dtype=torch.long), None, max(max(r) for r in rows), 0)
+
+
+def _expand(value: Any, n: int, batch: int, under_base: bool) -> tuple[Any, Any]:
+    """Apply the shorthand table. Returns (SRC, BASE) lists of length n (or None)."""
+    if _is_int(value):
+        e = [[value]] * batch
+        return ([e] * n if not under_base else None), [e] * n
+    if isinstance(value, (list, tuple)) and len(value) == 2 and not under_base:
+        a, b = value
+        if (_is_int(a) or a is None) and (_is_int(b) or b is None) and not (a is None and b is None):
+            src = None if a is None else [[[a]] * batch] * n
+            base = None if b is None else [[[b]] * batch] * n
+            return src, base
+    if _is_int_list(value):
+        e = [list(value)] * batch
+        return ([e] * n if not under_base else None), [e] * n
+    if under_base:
+        return None, value
+    if isinstance(value, tuple) and len(value) == 2:
+        return value[0], value[1]
+    if isinstance(value, list) and len(value) == 2 and all(v is None or isinstance(v, (list, tuple)) for v in value):
+        return value[0], value[1]
+    raise LocationError(
+        f"Cannot read unit locations {value!r}: expected an int, a (source, base) pair of ints, a "
+        "flat list of ints, or (SRC, BASE) with one entry per intervention."
+    )
+
+
+def _per_key(side_value: Any, keys: Sequence[str], what: str) -> list:
+    if side_value is None:
+        return [None] * len(keys)
+    if not isinstance(side_value, (list, tuple)):
+        raise LocationError(f"{what} must be a list with one entry per intervention, got {side_value!r}.")
+    if len(side_value) != len(keys):
+        raise LocationError(
+            f"{what} has {len(side_value)} entries but there are {len(keys)} interventions "
+            f"({', '.join(keys)}); give one entry per intervention (None to skip one)."
+        )
+    return list(side_value)
+
+
+def normalise_unit_locations(
+    unit_locations: Any,
+    *,
+    mode: str,
+    keys: Sequence[str],
+    groups: Sequence[int],
+    n_groups: int,
+    units: Sequence[str],
+    batch: int,
+) -> tuple[list[Loc | None], list[Loc | None], list[bool], list[bool], list[int | None]]:
+    """Return per-key ``(src_locs, base_locs, src_given, base_given, target)``.
+
+    ``src_given[i]`` is False when the source side was absent (``"base"`` key or ``(None, b)``);
+    ``base_given[i]`` likewise. ``target[i]`` is, in serial mode, the group whose run key ``i``
+    writes into (``n_groups`` = the base); in parallel mode it is always ``n_groups``.
+    """
+    n = len(keys)
+    target: list[int | None] = [n_groups] * n
+    if unit_locations is None:
+        return [None] * n, [None] * n, [False] * n, [False] * n, target
+    if not isinstance(unit_locations, dict):
+        raise LocationError(
+            "unit_locations must be a dict such as {'sources->base': 3} or {'base': [0, 1]}, got "
+            f"{type(unit_locations).__name__}."
+        )
+    src_raw: list = [None] * n
+    base_raw: list = [None] * n
+    src_given = [False] * n
+    base_given = [False] * n
+    if mode == "parallel":
+        extra = [k for k in unit_locations if k not in ("sources->base", "base")]
+        if extra:
+            raise LocationError(
+                f"Unknown unit_locations key {extra[0]!r} in parallel mode; use 'sources->base' or 'base'"
+                + (" (serial keys like 'source_0->source_1' need mode='serial')." if "->" in extra[0] else ".")
+            )
+        if "sources->base" in unit_locations and "base" in unit_locations:
+            raise LocationError("Give either 'sources->base' or 'base' in unit_locations, not both.")
+        if "base" in unit_locations:
+            src, base = _expand(unit_locations["base"], n, batch, under_base=True)
+        else:
+            src, base = _expand(unit_locations["sources->base"], n, batch, under_base=False)
+        src_list = _per_key(src, keys, "The source side of unit_locations")
+        base_list = _per_key(base, keys, "The base side of unit_locations")
+        for i in range(n):
+            src_raw[i], base_raw[i] = src_list[i], base_list[i]
+            src_given[i] = src is not None
+            base_given[i] = base is not None
+    else:
+        if "sources->base" in unit_locations or "base" in unit_locations:
+            raise LocationError(
+                "Serial mode addresses each hop: use keys 'source_0->source_1', ..., "
+                f"'source_{n_groups - 1}->base' (not 'sources->base' / 'base')."
+            )
+        for loc_key, value in unit_locations.items():
+            g, dst = _parse_serial_key(loc_key, n_groups)
+            members = [i for i in range(n) if groups[i] == g]
+            src, base = _expand(value, len(members), batch, under_base=False)
+            src_list = _per_key(src, [keys[i] for i in members], f"The source side of {loc_key!r}")
+            base_list = _per_key(base, [keys[i] for i in members], f"The base side of {loc_key!r}")
+            for j, i in enumerate(members):
+                src_raw[i], base_raw[i] = src_list[j], base_list[j]
+                src_given[i] = src is not None
+                base_given[i] = base is not None
+                target[i] = dst
+    src_locs = [build_loc(src_raw[i], units[i], batch, keys[i], "source") for i in range(n)]
+    base_locs = [build_loc(base_raw[i], units[i], batch, keys[i], "base") for i in range(n)]
+    return src_locs, base_locs, src_given, base_given, target
+
+
+def _parse_serial_key(loc_key: str, n_groups: int) -> tuple[int, int]:
+    try:
+        left, right = loc_key.split("->")
+        if not left.startswith("source_"):
+            raise ValueError
+        g = int(left[len("source_"):])
+        dst = n_groups if right == "base" else int(right[len("source_"):]) if right.startswith("source_") else None
+        if dst is None:
+            raise ValueError
+    except ValueError:
+        raise LocationError(
+            f"Cannot read serial unit_locations key {loc_key!r}; expected 'source_i->source_j' or 'source_i->base'."
+        ) from None
+    if not 0 <= g < n_groups:
+        raise LocationError(f"{loc_key!r}: there are {n_groups} source groups (source_0..source_{n_groups - 1}).")
+    if dst != g + 1 and not (dst == n_groups and right == "base"):
+        raise LocationError(f"{loc_key!r}: serial hops go from source_i to source_{g + 1} (or the last one to base).")
+    if right == "base" and g != n_groups - 1:
+        raise LocationError(
+            f"{loc_key!r}: only the last group (source_{n_groups - 1}) writes into the base in serial mode."
+        )
+    return g, dst
+
+
+class Subspaces(list):
+    """A per-intervention subspace list (``[batch][k]``) that caches its tensor forms."""
+
+    __slots__ = ("_mask_cache",)
+
+    def __init__(self, rows: Any) -> None:
+        super().__init__(rows)
+        self._mask_cache: dict = {}
+
+
+def normalise_subspaces(subspaces: Any, keys: Sequence[str], batch: int) -> list[Any]:
+    """pyvene's broadcasting: int -> [[[k]]*B]*N; flat int list L -> [[L]*B]*N; else per key."""
+    n = len(keys)
+    if subspaces is None:
+        return [None] * n
+    if _is_int(subspaces):
+        return [Subspaces([[subspaces]] * batch) for _ in range(n)]
+    if _is_int_list(subspaces):
+        return [Subspaces([list(subspaces)] * batch) for _ in range(n)]
+    if not isinstance(subspaces, (list, tuple)):
+        return [subspaces] * n
+    if len(subspaces) != n:
+        if n == 1:
+            subspaces = [subspaces]
+        else:
+            raise LocationError(
+                f"subspaces has {len(subspaces)} entries but there are {n} interventions; give one "
+                "entry per intervention ([intervention][batch][indices]; None skips one)."
+            )
+    out = []
+    for key, entry in zip(keys, subspaces):
+        if isinstance(entry, (list, tuple)) and entry and all(
+            isinstance(r, (list, tuple)) and all(_is_int(v) for v in r) for r in entry
+        ):
+            if len(entry) != batch:
+                if len(entry) == 1:
+                    entry = list(entry) * batch
+                else:
+                    raise LocationError(
+                        f"{key}: subspaces has {len(entry)} rows but the batch has {batch} examples."
+                    )
+            out.append(Subspaces(entry))
+        elif _is_int_list(entry):
+            out.append(Subspaces([list(entry)] * batch))
+        else:
+            out.append(entry)  # None, or metadata for a custom intervention
+    return out
+
+
+def GET_LOC(LOC: tuple[int, int], unit: str = "h.pos", batch_size: int = 1) -> list:
+    """Locations of one ``"h.pos"`` intervention: head ``LOC[0]``, position ``LOC[1]``."""
+    if unit != "h.pos":
+        raise NotImplementedError(f"GET_LOC builds 'h.pos' locations only, not {unit!r}.")
+    return [[[[LOC[0]]] * batch_size, [[LOC[1]]] * batch_size]]
