@@ -4,7 +4,8 @@
 """
 from __future__ import annotations
 
-from . import components, models
+from . import components, data_generators, models
+from .causal_model import CausalModel, CausalModelError, SamplingError
 from .components import type_to_dimension_mapping, type_to_module_mapping
 from .config import IntervenableConfig, RepresentationConfig
 from .errors import (
@@ -70,7 +71,7 @@ def build_intervenable_model(config, model, **kwargs):
 
 
 __all__ = [
-    "AdditionIntervention", "BasisAgnosticIntervention", "CollectIntervention", "ConfigError",
+    "AdditionIntervention", "BasisAgnosticIntervention", "CausalModel", "CausalModelError", "SamplingError", "CollectIntervention", "ConfigError",
     "ConstantSourceIntervention", "DistributedRepresentationIntervention", "GET_LOC", "GRUConfig",
     "HookNotFiredError", "IntervenableConfig", "IntervenableModel", "IntervenableModelOutput",
     "Intervention", "InterventionOutput", "LambdaIntervention", "LocalistRepresentationIntervention",
