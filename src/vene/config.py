@@ -123,17 +123,18 @@ def _type_name(obj: Any) -> Any:
     return type(obj).__name__
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: Any, display: bool = False) -> Any:
     if isinstance(value, torch.Tensor):
-        return {"__tensor__": value.detach().cpu().tolist(), "dtype": str(value.dtype).replace("torch.", "")}
+        dtype = str(value.dtype).replace("torch.", "")
+        if display:
+            return f"tensor(shape={list(value.shape)}, dtype={dtype})"
+        return {"__tensor__": value.detach().cpu().tolist(), "dtype": dtype}
     if inspect.isclass(value) or callable(value) or isinstance(value, torch.nn.Module):
         return _type_name(value)
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v, display) for v in value]
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): _jsonable(v, display) for k, v in value.items()}
     return value
 
 
@@ -233,11 +234,12 @@ class IntervenableConfig:
         self.representations.extend(new)
 
     # -- serialisation ----------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, display: bool = False) -> dict[str, Any]:
+        """JSON-ready dict; tensors are stored by value (``display=True``: by shape only)."""
         reps = []
         types_ = self.intervention_types
         for rep, t in zip(self.representations, types_):
-            d = {k: _jsonable(v) for k, v in rep._asdict().items() if v is not None}
+            d = {k: _jsonable(v, display) for k, v in rep._asdict().items() if v is not None}
             d["intervention_type"] = _type_name(t if rep.intervention is None else rep.intervention)
             d.pop("intervention", None)
             reps.append(d)
@@ -247,8 +249,8 @@ class IntervenableConfig:
             "sorted_keys": self.sorted_keys,
         }
 
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+    def to_json_string(self, display: bool = False) -> str:
+        return json.dumps(self.to_dict(display), indent=2, sort_keys=False)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "IntervenableConfig":
@@ -276,7 +278,7 @@ class IntervenableConfig:
         return cls.from_dict(json.loads(text))
 
     def __repr__(self) -> str:
-        return f"IntervenableConfig\n{self.to_json_string()}"
+        return f"IntervenableConfig\n{self.to_json_string(display=True)}"
 
     __str__ = __repr__
 

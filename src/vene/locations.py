@@ -10,8 +10,8 @@ with one entry per intervention (in key order); an entry is ``None`` (skip / who
 ``[batch][units]`` ints (``[2][batch][units]`` for ``"h.pos"``: heads, then positions).
 Shorthands: an int ``k`` (that unit in every example, on both sides); a pair of ints ``(a, b)``
 (source unit ``a`` into base unit ``b``, as in pyvene); ``(None, b)`` / ``(a, None)``; a flat list
-of ints (those units, both sides). Under ``"base"`` a flat list of ints always means units (never a
-pair). Serial mode uses ``"source_i->source_{i+1}"`` ... ``"source_{n-1}->base"``; each entry lists
+of ints (those units, both sides); ``[batch][units]`` (one intervention's worth) is shared by every
+intervention. Under ``"base"`` a flat list of ints always means units (never a pair). Serial mode uses ``"source_i->source_{i+1}"`` ... ``"source_{n-1}->base"``; each entry lists
 the interventions of group ``i``.
 """
 from __future__ import annotations
@@ -80,8 +80,6 @@ def _rows(value: Any, batch: int, key: str, side: str, what: str) -> list[list[i
     rows = []
     width = None
     for i, row in enumerate(value):
-        if _is_int(row):
-            row = [row]
         if not _is_int_list(row):
             raise LocationError(
                 f"{key}: {side} {what} of example {i} must be a non-empty list of ints, got {row!r} "
@@ -147,9 +145,21 @@ def _expand(value: Any, n: int, batch: int, under_base: bool) -> tuple[Any, Any]
     )
 
 
-def _per_key(side_value: Any, keys: Sequence[str], what: str) -> list:
+def _depth(x: Any) -> int:
+    if isinstance(x, (list, tuple)):
+        inner = [_depth(v) for v in x if v is not None]
+        return 1 + (max(inner) if inner else 0)
+    return 0
+
+
+def _per_key(side_value: Any, keys: Sequence[str], what: str, units: Sequence[str] | None = None) -> list:
     if side_value is None:
         return [None] * len(keys)
+    if units is not None and isinstance(side_value, (list, tuple)) and side_value:
+        # one intervention's worth of locations ([batch][units]) is shared by every intervention
+        entry_depth = {3 if "." in u else 2 for u in units}
+        if len(entry_depth) == 1 and _depth(side_value) == entry_depth.pop() and None not in side_value:
+            return [side_value] * len(keys)
     if not isinstance(side_value, (list, tuple)):
         raise LocationError(f"{what} must be a list with one entry per intervention, got {side_value!r}.")
     if len(side_value) != len(keys):
@@ -202,8 +212,8 @@ def normalise_unit_locations(
             src, base = _expand(unit_locations["base"], n, batch, under_base=True)
         else:
             src, base = _expand(unit_locations["sources->base"], n, batch, under_base=False)
-        src_list = _per_key(src, keys, "The source side of unit_locations")
-        base_list = _per_key(base, keys, "The base side of unit_locations")
+        src_list = _per_key(src, keys, "The source side of unit_locations", units)
+        base_list = _per_key(base, keys, "The base side of unit_locations", units)
         for i in range(n):
             src_raw[i], base_raw[i] = src_list[i], base_list[i]
             src_given[i] = src is not None
@@ -218,8 +228,9 @@ def normalise_unit_locations(
             g, dst = _parse_serial_key(loc_key, n_groups)
             members = [i for i in range(n) if groups[i] == g]
             src, base = _expand(value, len(members), batch, under_base=False)
-            src_list = _per_key(src, [keys[i] for i in members], f"The source side of {loc_key!r}")
-            base_list = _per_key(base, [keys[i] for i in members], f"The base side of {loc_key!r}")
+            m_units = [units[i] for i in members]
+            src_list = _per_key(src, [keys[i] for i in members], f"The source side of {loc_key!r}", m_units)
+            base_list = _per_key(base, [keys[i] for i in members], f"The base side of {loc_key!r}", m_units)
             for j, i in enumerate(members):
                 src_raw[i], base_raw[i] = src_list[j], base_list[j]
                 src_given[i] = src is not None
