@@ -62,6 +62,12 @@ class Op:
     rows: slice | None
     subspaces: Any = None
     fired: int = 0
+    #: optional per-firing gate ``gate(fire, view) -> None (skip this firing) | (loc, mask)``:
+    #: ``loc`` replaces ``self.loc`` for this firing; ``mask`` (bool, ``(batch, units)`` or
+    #: ``(batch, 1, positions)`` for two-level units, or None) marks the selected units that are
+    #: really written (the others were clamped into range and are left untouched).
+    gate: Callable[[int, torch.Tensor], Any] | None = None
+    tindex: Any = None  # cached _TimeIndex of a unit-"t" op
 
 
 @dataclass
@@ -133,6 +139,122 @@ def _scatter(v: torch.Tensor, loc: Loc | None, new: torch.Tensor) -> None:
         v[b, idx] = new
     else:
         v[b.unsqueeze(2), idx.unsqueeze(2), idx2.unsqueeze(1)] = new
+
+
+def _scatter_masked(v: torch.Tensor, loc: Loc, new: torch.Tensor, mask: torch.Tensor) -> None:
+    """Write only the selected units where ``mask`` is True (gated generation steps)."""
+    idx, idx2, b = loc.on(v.device)
+    if idx2 is None:
+        m = mask.expand(idx.shape)
+        v[b.expand(idx.shape)[m], idx[m]] = new[m]
+    else:
+        grid = (idx.shape[0], idx.shape[1], idx2.shape[1])
+        m = mask.expand(grid)
+        bb, i1, i2 = b.unsqueeze(2).expand(grid), idx.unsqueeze(2).expand(grid), idx2.unsqueeze(1).expand(grid)
+        v[bb[m], i1[m], i2[m]] = new[m]
+
+
+def _collect_masked(new: torch.Tensor, mask: torch.Tensor) -> Any:
+    """Keep the units of a collected selection where ``mask`` holds, per example, in unit order:
+    ``(batch, kept, d)`` (``(batch, heads, kept, d)``) when every example keeps as many units,
+    else a list with one tensor per example."""
+    m = mask.reshape(mask.shape[0], -1)
+    axis = 1 if mask.dim() == 2 else 2
+    counts = m.sum(1)
+    k = int(counts[0])
+    if bool((counts == k).all()):
+        order = torch.argsort((~m).to(torch.int8), dim=1, stable=True)[:, :k]
+        shape = [order.shape[0]] + [1] * (new.dim() - 1)
+        shape[axis] = k
+        full = list(new.shape)
+        full[axis] = k
+        return new.gather(axis, order.view(shape).expand(full))
+    return [new[i].index_select(axis - 1, m[i].nonzero().squeeze(1)) for i in range(new.shape[0])]
+
+
+class _TimeIndex:
+    """Unit ``"t"``: which (example, unit) pairs each firing (time step) serves."""
+
+    def __init__(self, loc: Loc, key: str, side: str) -> None:
+        self.batch, self.units = loc.idx.shape
+        self.by_step: dict[int, list[tuple[int, int]]] = {}
+        for b, row in enumerate(loc.idx.tolist()):
+            for u, t in enumerate(row):
+                pairs = self.by_step.setdefault(t, [])
+                if side == "base" and any(pb == b for pb, _ in pairs):
+                    raise LocationError(
+                        f"{key}: example {b} lists base time step {t} twice; each base step can take "
+                        "one source step."
+                    )
+                pairs.append((b, u))
+        self._cache: dict = {}
+
+    def pairs(self, t: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(examples, units)`` index tensors of the pairs at step ``t`` (None: no pair)."""
+        if t not in self.by_step:
+            return None
+        got = self._cache.get(("p", t, device))
+        if got is None:
+            b, u = zip(*self.by_step[t])
+            got = (torch.tensor(b, device=device), torch.tensor(u, device=device))
+            self._cache[("p", t, device)] = got
+        return got
+
+    def rows(self, t: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(mask (batch,), unit (batch,))``: examples intervened at step ``t`` and the unit each uses."""
+        if t not in self.by_step:
+            return None
+        got = self._cache.get(("r", t, device))
+        if got is None:
+            mask = torch.zeros(self.batch, dtype=torch.bool)
+            unit = torch.zeros(self.batch, dtype=torch.long)
+            for b, u in self.by_step[t]:
+                mask[b] = True
+                unit[b] = u
+            got = (mask.to(device), unit.to(device))
+            self._cache[("r", t, device)] = got
+        return got
+
+
+def _time_index(op: Op, side: str) -> _TimeIndex:
+    if op.tindex is None:
+        op.tindex = _TimeIndex(op.loc, op.spec.key, side)
+    return op.tindex
+
+
+def _time_get(op: Op, v: torch.Tensor, fire: int, plan: CallPlan) -> None:
+    """Unit ``"t"`` getter: keep this step's rows for the (example, unit) pairs that want it.
+
+    ``plan.acts[key]`` becomes ``(batch, units, *features)`` (a list of per-step tensors when
+    no locations were given)."""
+    key = op.spec.key
+    if op.loc is None:
+        plan.acts.setdefault(key, []).append(v.clone())
+        return
+    got = _time_index(op, "source").pairs(fire, v.device)
+    if got is None:
+        return
+    b, u = got
+    buf = plan.acts.get(key)
+    if buf is None:
+        ti = op.tindex
+        buf = v.new_zeros((ti.batch, ti.units) + tuple(v.shape[1:]))
+        plan.acts[key] = buf
+    buf[b, u] = v[b]
+
+
+def _time_source(source: Any, fire: int, unit: torch.Tensor | None, spec: KeySpec) -> Any:
+    """The source of a unit-``"t"`` setter at step ``fire``."""
+    if isinstance(source, list):
+        if fire >= len(source):
+            raise LocationError(
+                f"{spec.key}: the base reached time step {fire} but the source has only "
+                f"{len(source)} steps; give explicit time steps."
+            )
+        return source[fire]
+    if unit is not None and isinstance(source, torch.Tensor) and source.dim() >= 3 and source.shape[0] == unit.shape[0]:
+        return source[torch.arange(unit.shape[0], device=unit.device), unit.to(source.device)]
+    return source
 
 
 def _flatten_feats(t: torch.Tensor, spec: KeySpec, n_lead: int) -> torch.Tensor:

@@ -119,7 +119,7 @@ def build_loc(entry: Any, unit: str, batch: int, key: str, side: str) -> Loc | N
     return Loc(torch.tensor(rows, dtype=torch.long), None, max(max(r) for r in rows), 0)
 
 
-def _expand(value: Any, n: int, batch: int, under_base: bool) -> tuple[Any, Any]:
+def _expand(value: Any, n: int, batch: int, under_base: bool, entry_depth: int = 2) -> tuple[Any, Any]:
     """Apply the shorthand table. Returns (SRC, BASE) lists of length n (or None)."""
     if _is_int(value):
         e = [[value]] * batch
@@ -135,6 +135,8 @@ def _expand(value: Any, n: int, batch: int, under_base: bool) -> tuple[Any, Any]
         return ([e] * n if not under_base else None), [e] * n
     if under_base:
         return None, value
+    if isinstance(value, list) and len(value) != 2 and _depth(value) in (entry_depth, entry_depth + 1):
+        return value, value  # one location list used on both sides (e.g. GET_LOC(...))
     if isinstance(value, tuple) and len(value) == 2:
         return value[0], value[1]
     if isinstance(value, list) and len(value) == 2 and all(v is None or isinstance(v, (list, tuple)) for v in value):
@@ -211,7 +213,8 @@ def normalise_unit_locations(
         if "base" in unit_locations:
             src, base = _expand(unit_locations["base"], n, batch, under_base=True)
         else:
-            src, base = _expand(unit_locations["sources->base"], n, batch, under_base=False)
+            depth = 3 if any("." in u for u in units) else 2
+            src, base = _expand(unit_locations["sources->base"], n, batch, under_base=False, entry_depth=depth)
         src_list = _per_key(src, keys, "The source side of unit_locations", units)
         base_list = _per_key(base, keys, "The base side of unit_locations", units)
         for i in range(n):
@@ -227,7 +230,8 @@ def normalise_unit_locations(
         for loc_key, value in unit_locations.items():
             g, dst = _parse_serial_key(loc_key, n_groups)
             members = [i for i in range(n) if groups[i] == g]
-            src, base = _expand(value, len(members), batch, under_base=False)
+            depth = 3 if any("." in units[i] for i in members) else 2
+            src, base = _expand(value, len(members), batch, under_base=False, entry_depth=depth)
             m_units = [units[i] for i in members]
             src_list = _per_key(src, [keys[i] for i in members], f"The source side of {loc_key!r}", m_units)
             base_list = _per_key(base, [keys[i] for i in members], f"The base side of {loc_key!r}", m_units)
