@@ -39,8 +39,22 @@ from .interventions import (
     get_intervention_class,
     register_intervention,
 )
+from .interventions import (
+    AutoencoderIntervention,
+    BoundlessRotatedSpaceIntervention,
+    JumpReLUAutoencoderIntervention,
+    LoRAIntervention,
+    LowRankRotatedSpaceIntervention,
+    LowRankRotateLayer,
+    PCARotatedSpaceIntervention,
+    RotatedSpaceIntervention,
+    RotateLayer,
+    SigmoidMaskIntervention,
+    SigmoidMaskRotatedSpaceIntervention,
+)
 from .locations import GET_LOC
 from .model import IntervenableModel, IntervenableModelOutput
+from .models.factories import create_gpt2, create_gpt2_lm, create_gpt_neo, create_gpt_neox, create_llama
 from .models import (
     GRUConfig,
     MLPConfig,
@@ -71,6 +85,10 @@ def build_intervenable_model(config, model, **kwargs):
 
 
 __all__ = [
+    "AutoencoderIntervention", "BoundlessRotatedSpaceIntervention", "JumpReLUAutoencoderIntervention",
+    "LoRAIntervention", "LowRankRotateLayer", "LowRankRotatedSpaceIntervention",
+    "PCARotatedSpaceIntervention", "RotateLayer", "RotatedSpaceIntervention",
+    "SigmoidMaskIntervention", "SigmoidMaskRotatedSpaceIntervention",
     "AdditionIntervention", "BasisAgnosticIntervention", "CausalModel", "CausalModelError", "SamplingError", "CollectIntervention", "ConfigError",
     "ConstantSourceIntervention", "DistributedRepresentationIntervention", "GET_LOC", "GRUConfig",
     "HookNotFiredError", "IntervenableConfig", "IntervenableModel", "IntervenableModelOutput",
@@ -80,7 +98,7 @@ __all__ = [
     "SourceError", "SourcelessIntervention", "SubtractionIntervention", "TrainableIntervention",
     "UnknownComponentError", "UnknownInterventionTypeError", "VanillaIntervention", "VeneError",
     "ZeroIntervention", "build_intervenable_model", "components", "count_parameters",
-    "create_gru", "create_gru_classifier", "create_gru_lm", "create_mlp_classifier",
+    "create_gpt2", "create_gpt2_lm", "create_gpt_neo", "create_gpt_neox", "create_gru", "create_gru_classifier", "create_llama", "create_gru_lm", "create_mlp_classifier",
     "embed_to_distrib", "format_token", "get_batch_size", "get_intervention_class",
     "get_list_depth", "lsm", "models", "register_intervention", "set_seed", "sigmoid_boundary",
     "sm", "top_vals", "type_to_dimension_mapping", "type_to_module_mapping",

@@ -48,6 +48,18 @@ class UnknownInterventionTypeError(VeneError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class SerializationError(VeneError, ValueError):
+    """An intervention artifact cannot be saved, or a saved one is malformed or incompatible."""
+
+
+class UnsafeArtifactError(SerializationError):
+    """A saved file would run code when read (e.g. a pickle holding more than tensors); refused."""
+
+
+class ArtifactNotFoundError(VeneError, FileNotFoundError):
+    """A local artifact directory does not exist, or a Hub repo could not be fetched."""
+
+
 def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
     """Return a ``" Did you mean 'x'?"`` suffix, or ``""`` when nothing is close."""
     close = difflib.get_close_matches(word, list(choices), n=n, cutoff=0.6)

@@ -25,6 +25,18 @@ from .basic import (
     VanillaIntervention,
     ZeroIntervention,
 )
+from .layers import AutoencoderLayer, LowRankRotateLayer, RotateLayer
+from .trainable import (
+    AutoencoderIntervention,
+    BoundlessRotatedSpaceIntervention,
+    JumpReLUAutoencoderIntervention,
+    LoRAIntervention,
+    LowRankRotatedSpaceIntervention,
+    PCARotatedSpaceIntervention,
+    RotatedSpaceIntervention,
+    SigmoidMaskIntervention,
+    SigmoidMaskRotatedSpaceIntervention,
+)
 
 _REGISTRY: dict[str, type] = {}
 
@@ -73,6 +85,9 @@ for _cls in (
     VanillaIntervention, AdditionIntervention, SubtractionIntervention, ZeroIntervention,
     CollectIntervention, SkipIntervention, NoiseIntervention, ConstantSourceIntervention,
     SourcelessIntervention,
+    RotatedSpaceIntervention, LowRankRotatedSpaceIntervention, BoundlessRotatedSpaceIntervention,
+    SigmoidMaskRotatedSpaceIntervention, SigmoidMaskIntervention, PCARotatedSpaceIntervention,
+    AutoencoderIntervention, JumpReLUAutoencoderIntervention, LoRAIntervention,
 ):
     register_intervention(_cls)
 
@@ -84,4 +99,8 @@ __all__ = [
     "SourcelessIntervention", "SubtractionIntervention", "TrainableIntervention",
     "VanillaIntervention", "ZeroIntervention", "get_intervention_class", "register_intervention",
     "registered_interventions",
+    "AutoencoderIntervention", "AutoencoderLayer", "BoundlessRotatedSpaceIntervention",
+    "JumpReLUAutoencoderIntervention", "LoRAIntervention", "LowRankRotateLayer",
+    "LowRankRotatedSpaceIntervention", "PCARotatedSpaceIntervention", "RotateLayer",
+    "RotatedSpaceIntervention", "SigmoidMaskIntervention", "SigmoidMaskRotatedSpaceIntervention",
 ]

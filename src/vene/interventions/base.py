@@ -44,6 +44,13 @@ class Intervention(nn.Module):
     #: the getter of this intervention reads the module *input* of the source run (Skip)
     source_from_input: bool = False
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> "Intervention":
+        self = super().__new__(cls)
+        # The outermost constructor call exactly as made, subclass arguments included: saving
+        # replays it (vene.serialization). ``init_kwargs`` only sees what reaches this base class.
+        self.__dict__["_init_call"] = (args, dict(kwargs))
+        return self
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
         self.trainable = False
