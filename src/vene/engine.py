@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from .components import Site, feature_ndim, get_module, make_view
-from .errors import HookNotFiredError, LocationError, ShapeMismatchError
+from .errors import ConfigError, HookNotFiredError, LocationError, ShapeMismatchError
 from .hooks import HookSession
 from .interventions import CollectIntervention, InterventionOutput, LambdaIntervention
 from .locations import Loc
@@ -112,8 +112,10 @@ def _gather(v: torch.Tensor, loc: Loc | None, spec: KeySpec, side: str) -> torch
             f"{v.shape[1]} entries (0..{v.shape[1] - 1})."
         )
     if idx2 is None:
-        if idx.shape[0] != v.shape[0]:
-            raise LocationError(f"{spec.key}: {side} locations cover {idx.shape[0]} examples but the batch has {v.shape[0]}.")
+        if loc.batch != v.shape[0]:
+            raise LocationError(f"{spec.key}: {side} locations cover {loc.batch} examples but the batch has {v.shape[0]}.")
+        if loc.shared:
+            return v.index_select(1, idx)
         return v[b, idx]
     if loc.max2 >= v.shape[2]:
         raise LocationError(
@@ -136,7 +138,10 @@ def _scatter(v: torch.Tensor, loc: Loc | None, new: torch.Tensor) -> None:
         return
     idx, idx2, b = loc.on(v.device)
     if idx2 is None:
-        v[b, idx] = new
+        if loc.shared:
+            v.index_copy_(1, idx, new)
+        else:
+            v[b, idx] = new
     else:
         v[b.unsqueeze(2), idx.unsqueeze(2), idx2.unsqueeze(1)] = new
 
@@ -243,7 +248,7 @@ def _time_get(op: Op, v: torch.Tensor, fire: int, plan: CallPlan) -> None:
     buf[b, u] = v[b]
 
 
-def _time_source(source: Any, fire: int, unit: torch.Tensor | None, spec: KeySpec) -> Any:
+def _time_source(source: Any, fire: int, unit: torch.Tensor | None, spec: KeySpec, step_ndim: int) -> Any:
     """The source of a unit-``"t"`` setter at step ``fire``."""
     if isinstance(source, list):
         if fire >= len(source):
@@ -252,7 +257,7 @@ def _time_source(source: Any, fire: int, unit: torch.Tensor | None, spec: KeySpe
                 f"{len(source)} steps; give explicit time steps."
             )
         return source[fire]
-    if unit is not None and isinstance(source, torch.Tensor) and source.dim() >= 3 and source.shape[0] == unit.shape[0]:
+    if unit is not None and isinstance(source, torch.Tensor) and source.dim() == step_ndim + 1 and source.shape[0] == unit.shape[0]:
         return source[torch.arange(unit.shape[0], device=unit.device), unit.to(source.device)]
     return source
 
@@ -264,7 +269,28 @@ def _flatten_feats(t: torch.Tensor, spec: KeySpec, n_lead: int) -> torch.Tensor:
     return t.reshape(*t.shape[:n_lead], -1)
 
 
-def _call_intervention(spec: KeySpec, base: torch.Tensor, source: Any, subspaces: Any, plan: CallPlan, args: tuple) -> Any:
+def _module_input(spec: KeySpec, args: tuple, op: "Op", sel: torch.Tensor) -> torch.Tensor:
+    """The hooked module's input at the op's units (for interventions with ``uses_module_input``)."""
+    if spec.site.io != "output":
+        return sel
+    x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+    if x is None:
+        raise ConfigError(
+            f"{spec.key}: {type(spec.intervention).__name__} needs the input of "
+            f"{spec.site.describe()}, but that module was called without a positional tensor "
+            "input; hook a module that takes its input positionally (e.g. a Linear layer)."
+        )
+    if spec.site.view is not None or (op.loc is not None and op.loc.two_level):
+        raise ConfigError(
+            f"{spec.key}: {type(spec.intervention).__name__} reads the module input, which has no "
+            "head split; use it on a whole-vector component (e.g. mlp_output) with 'pos' units."
+        )
+    if op.rows is not None:
+        x = x[op.rows]
+    return _gather(x, op.loc, spec, "base")
+
+
+def _call_intervention(spec: KeySpec, base: torch.Tensor, source: Any, subspaces: Any, plan: CallPlan, args: tuple, module_input: Any = None) -> Any:
     iv = spec.intervention
     if spec.is_lambda:
         return iv(base, source, subspaces)
@@ -284,6 +310,8 @@ def _call_intervention(spec: KeySpec, base: torch.Tensor, source: Any, subspaces
         if plan.extra_kwargs:
             kwargs.update(plan.extra_kwargs)
         kwargs["args"] = args
+        if module_input is not None:
+            kwargs["module_input"] = module_input
     out = iv(base, source, subspaces, **kwargs) if kwargs else iv(base, source, subspaces)
     if isinstance(out, InterventionOutput):
         plan.full_outputs[spec.key] = out
@@ -294,6 +322,36 @@ def _call_intervention(spec: KeySpec, base: torch.Tensor, source: Any, subspaces
         else:
             out = out.reshape(shape[0], shape[2], shape[1], shape[3]).permute(0, 2, 1, 3)
     return out
+
+
+def _time_set(op: Op, v: torch.Tensor, fire: int, trows: Any, source: Any, plan: CallPlan, args: tuple) -> None:
+    """Unit ``"t"`` setter on the per-step tensor ``v`` ``(batch, *features)``: intervene on the
+    examples whose base steps include ``fire`` (all of them without locations); the other rows
+    keep their exact values."""
+    spec = op.spec
+    mask, unit = trows if trows is not None else (None, None)
+    src = _time_source(source, fire, unit, spec, v.dim())
+    new = _call_intervention(spec, v, src, op.subspaces, plan, args)
+    if spec.is_collect:
+        if trows is None:
+            plan.collected.setdefault(spec.key, []).append(new)
+            return
+        b, u = op.tindex.pairs(fire, v.device)
+        bufs = plan.collected.setdefault(spec.key, [])
+        if not bufs:
+            bufs.append(new.new_zeros((op.tindex.batch, op.tindex.units) + tuple(new.shape[1:])))
+        bufs[0][b, u] = new[b]
+        return
+    if not isinstance(new, torch.Tensor) or new.shape != v.shape:
+        raise ShapeMismatchError(
+            f"{spec.key}: the intervention returned {tuple(new.shape) if isinstance(new, torch.Tensor) else type(new).__name__} "
+            f"for a time step of shape {tuple(v.shape)}."
+        )
+    if new.dtype != v.dtype:
+        new = new.to(v.dtype)
+    if mask is not None:
+        new = torch.where(mask.view(-1, *([1] * (v.dim() - 1))), new, v)
+    v.copy_(new)
 
 
 def make_hook(ops: list[Op], plan: CallPlan, protected: set[int], stop_after: list[int] | None) -> Callable:
@@ -310,31 +368,48 @@ def make_hook(ops: list[Op], plan: CallPlan, protected: set[int], stop_after: li
             op.fired += 1
             if not op.setter:
                 v = _view(spec, y, op.rows)
+                if spec.unit == "t":
+                    _time_get(op, v, fire, plan)
+                    continue
                 sel = _gather(v, op.loc, spec, "source")
                 if op.loc is None:
                     sel = sel.clone()
                 plan.acts[spec.key] = _flatten_feats(sel, spec, 3 if op.loc is not None and op.loc.two_level else 2)
                 continue
+            loc, mask, trows = op.loc, None, None
+            if spec.unit == "t" and loc is not None:
+                trows = _time_index(op, "base").rows(fire, x.device)
+                if trows is None:
+                    continue
+            elif op.gate is not None:
+                got = op.gate(fire, _view(spec, y, op.rows))
+                if got is None:
+                    continue
+                loc, mask = got
             if not copied and not spec.is_collect and (
                 torch.is_grad_enabled() or (protected and x.untyped_storage().data_ptr() in protected)
             ):
                 y = x.clone()
                 copied = True
             v = _view(spec, y, op.rows)
-            n_lead = 3 if op.loc is not None and op.loc.two_level else 2
-            sel = _flatten_feats(_gather(v, op.loc, spec, "base"), spec, n_lead)
             source = plan.acts.get(spec.key)
             if source is None:
                 source = plan.reps.get(spec.key)
+            if spec.unit == "t":
+                _time_set(op, v, fire, trows, source, plan, args)
+                continue
+            n_lead = 3 if loc is not None and loc.two_level else 2
+            sel = _flatten_feats(_gather(v, loc, spec, "base"), spec, n_lead)
             if source is not None and isinstance(source, torch.Tensor) and source.dim() == sel.dim() and source.shape != sel.shape and not spec.is_lambda:
                 if source.shape[0] != sel.shape[0] or (source.shape[1] != sel.shape[1] and source.shape[1] != 1):
                     raise ShapeMismatchError(
                         f"{spec.key}: the source selection has shape {tuple(source.shape)} but the base "
                         f"selection has shape {tuple(sel.shape)}; select the same number of units on both sides."
                     )
-            new = _call_intervention(spec, sel, source, op.subspaces, plan, args)
+            mi = _module_input(spec, args, op, sel) if getattr(spec.intervention, "uses_module_input", False) else None
+            new = _call_intervention(spec, sel, source, op.subspaces, plan, args, mi)
             if spec.is_collect:
-                plan.collected.setdefault(spec.key, []).append(new)
+                plan.collected.setdefault(spec.key, []).append(new if mask is None else _collect_masked(new, mask))
                 continue
             if not isinstance(new, torch.Tensor):
                 raise ShapeMismatchError(f"{spec.key}: the intervention returned {type(new).__name__}, not a tensor.")
@@ -344,11 +419,14 @@ def make_hook(ops: list[Op], plan: CallPlan, protected: set[int], stop_after: li
                     f"shape {tuple(sel.shape)}."
                 )
             if feature_ndim(spec.site.view) != 1:
-                target_shape = _gather(v, op.loc, spec, "base").shape if op.loc is not None else v.shape
+                target_shape = _gather(v, loc, spec, "base").shape if loc is not None else v.shape
                 new = new.reshape(target_shape)
             if new.dtype != v.dtype:
                 new = new.to(v.dtype)
-            _scatter(v, op.loc, new)
+            if mask is None:
+                _scatter(v, loc, new)
+            else:
+                _scatter_masked(v, loc, new, mask)
         if counts_for_stop and not done[0]:
             done[0] = True
             stop_after[0] -= 1
@@ -378,6 +456,12 @@ def check_fired(ops: list[Op], what: str) -> None:
             raise HookNotFiredError(
                 f"{op.spec.key}: the module {op.spec.site.describe()} never ran during the {what}; "
                 "is this component used by the model for these inputs?"
+            )
+        if op.spec.unit == "t" and op.loc is not None and op.fired <= op.loc.max1:
+            side = "base" if op.setter else "source"
+            raise LocationError(
+                f"{op.spec.key}: {side} time step {op.loc.max1} was requested but the module "
+                f"{op.spec.site.describe()} ran only {op.fired} steps (0..{op.fired - 1}) in the {what}."
             )
 
 

@@ -23,17 +23,34 @@ import torch
 from .errors import LocationError
 
 
+_BATCH_INDEX: dict = {}
+
+
+def batch_index(batch: int, device: torch.device) -> torch.Tensor:
+    """``arange(batch)[:, None]`` on ``device`` (cached)."""
+    key = (batch, device)
+    b = _BATCH_INDEX.get(key)
+    if b is None:
+        b = torch.arange(batch, device=device).unsqueeze(1)
+        if len(_BATCH_INDEX) > 256:
+            _BATCH_INDEX.clear()
+        _BATCH_INDEX[key] = b
+    return b
+
+
 class Loc:
     """Index tensors of one intervention on one side (source or base)."""
 
-    __slots__ = ("idx", "idx2", "max1", "max2", "batch", "_dev")
+    __slots__ = ("idx", "idx2", "max1", "max2", "batch", "shared", "_dev")
 
-    def __init__(self, idx: torch.Tensor, idx2: torch.Tensor | None, max1: int, max2: int) -> None:
+    def __init__(self, idx: torch.Tensor, idx2: torch.Tensor | None, max1: int, max2: int, shared: bool = False) -> None:
         self.idx = idx
         self.idx2 = idx2
         self.max1 = max1
         self.max2 = max2
         self.batch = idx.shape[0]
+        #: every example selects the same units (decided per call, never sticky)
+        self.shared = shared and idx2 is None
         self._dev: dict = {}
 
     @property
@@ -44,8 +61,8 @@ class Loc:
         """``(idx, idx2, batch_index)`` on ``device`` (cached)."""
         got = self._dev.get(device)
         if got is None:
-            b = torch.arange(self.batch, device=device).unsqueeze(1)
-            idx = self.idx.to(device)
+            b = batch_index(self.batch, device)
+            idx = self.idx[0].to(device) if self.shared else self.idx.to(device)
             idx2 = self.idx2.to(device) if self.idx2 is not None else None
             got = (idx, idx2, b)
             self._dev[device] = got
@@ -116,7 +133,8 @@ def build_loc(entry: Any, unit: str, batch: int, key: str, side: str) -> Loc | N
     mins = min(min(r) for r in rows)
     if mins < 0:
         raise LocationError(f"{key}: negative {side} location {mins}; locations count from 0.")
-    return Loc(torch.tensor(rows, dtype=torch.long), None, max(max(r) for r in rows), 0)
+    shared = all(r == rows[0] for r in rows)
+    return Loc(torch.tensor(rows, dtype=torch.long), None, max(max(r) for r in rows), 0, shared)
 
 
 def _expand(value: Any, n: int, batch: int, under_base: bool, entry_depth: int = 2) -> tuple[Any, Any]:

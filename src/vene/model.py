@@ -24,6 +24,8 @@ from .interventions import (
     NoiseIntervention,
 )
 from .locations import normalise_subspaces, normalise_unit_locations
+from .serialization import SerializationMixin
+from .training.guards import check_gradient_checkpointing
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +83,7 @@ def _select_rows(obj: Any, rows: slice, total: int) -> Any:
     return obj
 
 
-class IntervenableModel(nn.Module):
+class IntervenableModel(SerializationMixin, nn.Module):
     """A model plus a set of interventions.
 
     ``IntervenableModel(config, model)``: ``config`` is an :class:`IntervenableConfig`, or anything
@@ -147,6 +149,8 @@ class IntervenableModel(nn.Module):
             key = f"{prefix}#{n}"
             site = resolve_site(model, rep.component, rep.layer, rep.moe_key)
             intervention = self._build_intervention(config, i, rep, site)
+            if callable(getattr(intervention, "bind_site", None)):  # e.g. LoRA infers its input size
+                intervention.bind_site(get_module(model, site.module_path), site)
             if isinstance(intervention, NoiseIntervention) and intervention.noise_level is None:
                 if emb_std is None:
                     emb_std = self._embedding_std()
@@ -281,6 +285,22 @@ class IntervenableModel(nn.Module):
         if include_model:
             total += sum(p.numel() for p in self.model.parameters() if p.requires_grad and id(p) not in seen)
         return total
+
+    def set_temperature(self, temp: Any) -> None:
+        """Set the temperature of every annealed intervention (boundless, sigmoid masks)."""
+        for iv in {id(v): v for v in self.interventions.values()}.values():
+            if callable(getattr(iv, "set_temperature", None)):
+                iv.set_temperature(temp)
+
+    def train_alignment(self, *args: Any, **kwargs: Any) -> Any:
+        """pyvene's training loop: :func:`vene.training.train_alignment` on this model."""
+        from .training import train_alignment
+        return train_alignment(self, *args, **kwargs)
+
+    def eval_alignment(self, *args: Any, **kwargs: Any) -> Any:
+        """pyvene's evaluation loop: :func:`vene.training.eval_alignment` on this model."""
+        from .training import eval_alignment
+        return eval_alignment(self, *args, **kwargs)
 
     def set_zero_grad(self) -> None:
         for iv in self.interventions.values():
@@ -443,6 +463,7 @@ class IntervenableModel(nn.Module):
         ``collected_activations`` is a flat list (one tensor per collect site and firing, in key
         order); with ``return_dict=True``, an :class:`IntervenableModelOutput`.
         """
+        check_gradient_checkpointing(self)
         plan = self._plan(base, sources, unit_locations, source_representations, subspaces, intervention_additional_kwargs)
         extra: dict[str, Any] = {}
         if labels is not None:
@@ -547,6 +568,16 @@ class IntervenableModel(nn.Module):
         if want_original:
             original = self.model(**base, **extra)
         protected = self._protected(base, *plan.sources)
+        self._run_sources(plan, groups_used, protected)
+        ops = self._ops(plan, {}, {plan.n_groups: None}, "setters")
+        with HookSession(self.model) as session:
+            engine.install(session, self.model, ops, plan, protected)
+            out = self.model(**base, **extra)
+        engine.check_fired(ops, "forward pass")
+        return original, out
+
+    def _run_sources(self, plan: CallPlan, groups_used: list[int], protected: set[int]) -> None:
+        """Run the source passes (getters; in serial mode also the hops into later sources)."""
         early = not self._stateful
         if plan.serial:
             chain = sorted(set(groups_used) | {t for t in plan.target if t < plan.n_groups})
@@ -561,7 +592,6 @@ class IntervenableModel(nn.Module):
                 with grad:
                     engine.run_source_pass(self.model, src, ops, plan, protected, early)
         else:
-            done: dict[int, None] = {}
             no_grad = not self.model_has_grad
             by_source: dict[int, list[int]] = {}
             for g in groups_used:
@@ -571,12 +601,12 @@ class IntervenableModel(nn.Module):
                 ctx = torch.no_grad() if no_grad else torch.enable_grad() if torch.is_grad_enabled() else torch.no_grad()
                 with ctx:
                     engine.run_source_pass(self.model, plan.sources[gs[0]], ops, plan, protected, early)
-        ops = self._ops(plan, {}, {plan.n_groups: None}, "setters")
-        with HookSession(self.model) as session:
-            engine.install(session, self.model, ops, plan, protected)
-            out = self.model(**base, **extra)
-        engine.check_fired(ops, "forward pass")
-        return original, out
+
+    def generate(self, base: Any, *args: Any, **kwargs: Any) -> Any:
+        """Generate with the interventions applied; pyvene's arguments and returns plus step and
+        position control (``timesteps=``, ``positions=``). See :func:`vene.generation.generate`."""
+        from .generation import generate
+        return generate(self, base, *args, **kwargs)
 
     # -- nn.Module semantics ---------------------------------------------------------------------
     def train(self, mode: bool = True) -> "IntervenableModel":

@@ -243,7 +243,7 @@ def resolve_site(model: nn.Module, component: str, layer: int = 0, moe_key: Any 
         path = f"{layers_path}.{layer}" + (f".{rel}" if rel else "")
         get_module(model, path)
         n_h = None
-        if view is not None:
+        if view is not None and view[0] != "chunk":  # plain chunks need no head count (GRU)
             heads_key = view[-1] if view[0] in ("heads", "chunk_heads") else "n_head"
             n_h = tables.HEADS[heads_key](cfg)
         head_layout = view is not None and view[0] in ("heads", "chunk_heads", "neox_qkv_heads")

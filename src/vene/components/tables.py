@@ -163,3 +163,23 @@ MLP: Table = {
     "mlp_activation": ("act", "output", None, _h_dim),
 }
 ARCHITECTURES["mlp"] = ("h", MLP)
+
+
+def _three_h_dim(cfg: Any) -> int:
+    return 3 * int(cfg.h_dim)
+
+
+# Built-in GRU (vene.models.gru): each cells[L] runs once per time step, so these components are
+# per-step tensors (batch, d), addressed with unit "t".
+GRU: Table = {
+    "cell_input": ("", "input", None, _h_dim),
+    "cell_output": ("", "output", None, _h_dim),
+    "x2h_output": ("x2h", "output", None, _three_h_dim),
+    "h2h_output": ("h2h", "output", None, _three_h_dim),
+}
+for _i, _gate in enumerate(("reset", "update", "new")):
+    GRU[f"{_gate}_gate_input"] = (f"{_gate}_act", "input", None, _h_dim)
+    GRU[f"{_gate}_gate_output"] = (f"{_gate}_act", "output", None, _h_dim)
+    GRU[f"{_gate}_x2h_output"] = ("x2h", "output", ("chunk", _i, 3), _h_dim)
+    GRU[f"{_gate}_h2h_output"] = ("h2h", "output", ("chunk", _i, 3), _h_dim)
+ARCHITECTURES["gru"] = ("cells", GRU)

@@ -23,10 +23,15 @@ def _limit(intervention: Intervention, base: torch.Tensor) -> int | None:
     k = intervention.interchange_dim
     if k is None:
         return None
-    k = int(k) if k.dim() == 0 else None
-    if k is None or k >= base.shape[-1]:
+    cached = intervention.__dict__.get("_limit_cache")
+    if cached is not None and cached[0] is k and cached[1] == k._version:
+        value = cached[2]
+    else:
+        value = int(k) if k.dim() == 0 else None
+        intervention.__dict__["_limit_cache"] = (k, k._version, value)
+    if value is None or value >= base.shape[-1]:
         return None
-    return k
+    return value
 
 
 def _mask(intervention: Intervention, base: torch.Tensor, subspaces: Any) -> torch.Tensor | None:

@@ -1,0 +1,511 @@
+"""Batched execution of restoration sweeps (causal tracing, activation patching).
+
+Vocabulary:
+
+* **base rows**: the run being patched (the corrupted run), ``S`` rows: noise samples for causal
+  tracing, examples for activation patching.
+* **clean rows**: the run whose activations are restored, ``1`` row (shared by every base row) or
+  ``S`` rows (clean row ``i`` feeds base row ``i``).
+* **site**: a component at a layer, resolved with :func:`vene.components.resolve_site`; its clean
+  activation is recorded once and never recomputed.
+* **cell**: one entry of a sweep grid: a set of :class:`Patch` es applied together, in every base
+  row. Its value is a metric of the ``S`` rows' last-position logits.
+
+How a sweep runs:
+
+1. **One recording pass**: clean and base rows share a single batched forward pass. It stores the
+   clean activations at every site, the last-position logits of both runs and, for models laid
+   out as ``*.layers[i]`` (or ``*.h[i]``), the base run's residual stream entering each layer with
+   the arguments each layer was called with.
+2. **The sweep**. In a cell whose first patch sits at layer ``L`` every layer below ``L`` computes
+   exactly what it computed in the base run, so vene does not compute it again: cells are sorted
+   by the layer where they start, and a *layer-stepping runner* walks the layers once per chunk,
+   adding each cell's rows to the batch at its layer (from the recorded base state, with the
+   restored clean state written in) and running each layer on every row present. A restoration at
+   layer 20 of 30 costs 9 layer-steps of one row instead of a 30-layer forward pass. Only the last
+   position goes through the final norm and the output head. Chunks are sized to a memory budget.
+   Models that cannot be stepped (no layer list, or a replay check fails) run the same cells as
+   plain batched forward passes, with the head on the last position only when the model accepts
+   ``logits_to_keep``.
+
+Hooks are owned by a :class:`vene.hooks.HookSession` and removed also when something raises.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..components import Site, detect_architecture, get_module, make_view, resolve_site
+from ..errors import ConfigError, SourceError
+from ..hooks import HookSession, first_tensor, input_tensor
+
+logger = logging.getLogger(__name__)
+
+#: Default memory budget (bytes) for the activations of one chunk of rows.
+DEFAULT_MEMORY_BUDGET = 512 * 2**20
+_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm")
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Restore the clean activation of ``site`` (an index into the runner's sites) at ``token``
+    (and ``head`` for head components) in every base row of a cell."""
+
+    site: int
+    token: int
+    head: int | None = None
+
+
+class _Hidden:
+    """Placeholder for the hidden-state argument in a recorded layer call."""
+
+
+_HIDDEN = _Hidden()
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _logits_of(out: Any) -> torch.Tensor:
+    logits = getattr(out, "logits", None)
+    if logits is None and isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        logits = out[0]
+    if logits is None and isinstance(out, torch.Tensor):
+        logits = out
+    if logits is None or logits.dim() != 3:
+        raise ConfigError(
+            "Sweeps read next-token logits, but the model returned no (batch, seq, vocab) logits; "
+            "use a model with a language-model head (e.g. LlamaForCausalLM, GPT2LMHeadModel)."
+        )
+    return logits
+
+
+def _cat_inputs(a: Mapping, b: Mapping) -> dict:
+    out = {}
+    for k in set(a) | set(b):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor):
+            out[k] = torch.cat([va, vb.to(va.device)], 0)
+        elif k == "attention_mask" and (isinstance(va, torch.Tensor) or isinstance(vb, torch.Tensor)):
+            ref = va if isinstance(va, torch.Tensor) else vb
+            fill_a = va if isinstance(va, torch.Tensor) else torch.ones_like(a["input_ids"])
+            fill_b = vb if isinstance(vb, torch.Tensor) else torch.ones_like(b["input_ids"])
+            out[k] = torch.cat([fill_a.to(ref.device), fill_b.to(ref.device)], 0)
+        else:
+            out[k] = va if va is not None else vb
+    return out
+
+
+def _map(obj: Any, fn: Callable[[Any], Any]) -> Any:
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(_map(v, fn) for v in obj)
+    if isinstance(obj, list):
+        return [_map(v, fn) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _map(v, fn) for k, v in obj.items()}
+    return fn(obj)
+
+
+class SweepRunner:
+    """Record a clean run and a base run once, then evaluate many cells in few batched passes.
+
+    ``clean`` / ``base``: model inputs (``input_ids`` ``(B, seq)`` and optionally
+    ``attention_mask``) with the same sequence length; ``clean`` has 1 or ``S`` rows, ``base``
+    ``S``. ``sites``: ``(component, layer)`` pairs. ``noise``: optional ``(positions, values)``
+    added to the input-embedding output of the base rows (``values`` ``(S, len(positions),
+    d_model)``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        clean: Mapping,
+        base: Mapping,
+        sites: Sequence[tuple[str, int]],
+        *,
+        noise: tuple[Sequence[int], torch.Tensor] | None = None,
+        memory_budget: int | None = None,
+        strategy: str = "auto",
+        progress: bool = True,
+        desc: str = "sweep",
+    ) -> None:
+        if strategy not in ("auto", "step", "forward"):
+            raise ConfigError(f"strategy must be 'auto', 'step' or 'forward', not {strategy!r}.")
+        self.model = model
+        self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.clean = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in clean.items()}
+        self.base = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in base.items()}
+        for name, inp in (("clean", self.clean), ("base", self.base)):
+            ids = inp.get("input_ids")
+            if not isinstance(ids, torch.Tensor) or ids.dim() != 2:
+                raise SourceError(f"The {name} input needs input_ids of shape (batch, seq), got {type(ids).__name__}.")
+        self.Bc, self.S = self.clean["input_ids"].shape[0], self.base["input_ids"].shape[0]
+        self.seq = self.base["input_ids"].shape[1]
+        if self.clean["input_ids"].shape[1] != self.seq:
+            raise SourceError(
+                f"The clean and corrupted inputs must have the same number of tokens (got "
+                f"{self.clean['input_ids'].shape[1]} and {self.seq}): patching maps position i to position i."
+            )
+        if self.Bc not in (1, self.S):
+            raise SourceError(f"The clean input has {self.Bc} rows; it needs 1 or as many as the base ({self.S}).")
+        self.site_refs = [tuple(s) for s in sites]
+        self.sites: list[Site] = [resolve_site(model, c, l) for c, l in self.site_refs]
+        for (c, _), site in zip(self.site_refs, self.sites):
+            if site.io == "attn_probs" or (site.head_layout and site.view is None):
+                raise ConfigError(f"Component {c!r} cannot be swept; use block/mlp/attention outputs or head_* components.")
+        self.modules = [get_module(model, s.module_path) for s in self.sites]
+        self.noise = noise
+        self.progress = progress
+        self.desc = desc
+        self.memory_budget = memory_budget or DEFAULT_MEMORY_BUDGET
+        arch = detect_architecture(model)
+        self.layers_path = arch[1] if arch is not None else None
+        self.layers = model.get_submodule(self.layers_path) if self.layers_path else None
+        self.site_layer = [self._layer_of(s) for s in self.sites]
+        self.stepping = strategy != "forward" and self.layers is not None and all(l is not None for l in self.site_layer)
+        if strategy == "step" and not self.stepping:
+            raise ConfigError("strategy='step' needs a model with a layer list and sites inside its layers.")
+        self.strategy = strategy
+        self.recorded = False
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _layer_of(self, site: Site) -> int | None:
+        if self.layers_path is None:
+            return None
+        prefix = self.layers_path + "."
+        if not site.module_path.startswith(prefix):
+            return None
+        head = site.module_path[len(prefix):].split(".", 1)[0]
+        return int(head) if head.isdigit() else None
+
+    def _resid_kind(self, i: int) -> str | None:
+        """"out" / "in" when site ``i`` is a whole layer's output / input (the residual stream)."""
+        site, layer = self.sites[i], self.site_layer[i]
+        if layer is None or site.view is not None or site.module_path != f"{self.layers_path}.{layer}":
+            return None
+        return {"output": "out", "input": "in"}.get(site.io)
+
+    def _cfg(self, *names: str, default: int) -> int:
+        cfg = getattr(self.model, "config", None)
+        for n in names:
+            v = getattr(cfg, n, None)
+            if isinstance(v, int):
+                return v
+        return default
+
+    def max_rows(self) -> int:
+        d = self._cfg("hidden_size", "n_embd", "d_model", default=1024)
+        inter = self._cfg("intermediate_size", "n_inner", default=4 * d)
+        heads = self._cfg("num_attention_heads", "n_head", default=16)
+        el = next((p.element_size() for p in self.model.parameters()), 4)
+        per_row = el * self.seq * (10 * d + 3 * inter + 3 * heads * self.seq)
+        return max(self.S, int(self.memory_budget // max(per_row, 1)))
+
+    def _tail_cells(self) -> int:
+        vocab = self._cfg("vocab_size", default=50000)
+        el = next((p.element_size() for p in self.model.parameters()), 4)
+        return max(1, int(self.memory_budget // (4 * vocab * el * self.S)))
+
+    # -- the recording pass -------------------------------------------------------------------
+    def record(self) -> None:
+        """Run clean and base rows in one forward pass; keep what the sweep needs."""
+        model, Bc = self.model, self.Bc
+        inputs = _cat_inputs(self.clean, self.base)
+        extra = {}
+        if _accepts(model.forward, "use_cache"):
+            extra["use_cache"] = False
+        self._keep_one = _accepts(model.forward, "logits_to_keep")
+        if self._keep_one:
+            extra["logits_to_keep"] = 1
+        self.clean_acts: list[torch.Tensor | None] = [None] * len(self.sites)
+        n_layers = len(self.layers) if self.stepping else 0
+        self.layer_calls: list[Any] = [None] * n_layers
+        self.layer_in: list[Any] = [None] * n_layers
+        self.layer_out: list[Any] = [None] * n_layers
+
+        with torch.no_grad(), HookSession(model) as session:
+            if self.noise is not None:
+                samples = torch.arange(self.S, device=self.device)
+                session.add(self._embedding(), "output", self._noise_hook(Bc + samples, samples))
+            for i, (site, module) in enumerate(zip(self.sites, self.modules)):
+                session.add(module, site.io, self._getter(i))
+            for j in range(n_layers):
+                layer = self.layers[j]
+                session.handles.append(layer.register_forward_pre_hook(self._recorder(j), with_kwargs=True))
+                session.add(layer, "output", self._out_recorder(j))
+            out = model(**inputs, **extra)
+        logits = _logits_of(out)[:, -1].float()
+        self.clean_logits, self.base_logits = logits[:Bc], logits[Bc:]
+        missing = [self.site_refs[i] for i, a in enumerate(self.clean_acts) if a is None]
+        if missing:
+            raise ConfigError(f"These sites never ran during the forward pass: {missing}.")
+        if self.stepping:
+            self.stepping = self._check_stepper(logits)
+            if not self.stepping:
+                if self.strategy == "step":
+                    raise ConfigError("This model cannot be stepped layer by layer (the replay check failed).")
+                logger.info("layer stepping is not exact for %s; using batched forward passes", type(model).__name__)
+        if not self.stepping:
+            self.layer_calls = self.layer_in = self.layer_out = []
+        self.recorded = True
+
+    def _embedding(self) -> nn.Module:
+        get = getattr(self.model, "get_input_embeddings", None)
+        emb = get() if callable(get) else None
+        if emb is None:
+            raise ConfigError("Noise is added to the input embeddings, but the model has no get_input_embeddings().")
+        return emb
+
+    def _noise_hook(self, rows: torch.Tensor, samples: torch.Tensor) -> Callable:
+        """Add noise sample ``samples[k]`` to batch row ``rows[k]`` at the noised positions."""
+        positions, values = self.noise
+        pos = torch.as_tensor(list(positions), dtype=torch.long, device=self.device).unsqueeze(0)
+        r = rows.unsqueeze(1)
+
+        def fn(mod, x, fire, args):
+            y = x.clone()
+            y[r, pos] = y[r, pos] + values.to(device=y.device, dtype=y.dtype)[samples]
+            return y
+
+        return fn
+
+    def _getter(self, i: int) -> Callable:
+        site = self.sites[i]
+
+        def fn(mod, x, fire, args):
+            if self.clean_acts[i] is None:
+                self.clean_acts[i] = make_view(x, site.view, site.n_heads)[: self.Bc].clone()
+            return None
+
+        return fn
+
+    def _recorder(self, j: int) -> Callable:
+        def pre(mod, args, kwargs):
+            t, rebuild = input_tensor(args, kwargs)
+            if t is None:
+                raise ConfigError(f"layer {j} was called without a hidden-state tensor")
+            self.layer_in[j] = t
+            self.layer_calls[j] = rebuild(_HIDDEN)
+            return None
+
+        return pre
+
+    def _out_recorder(self, j: int) -> Callable:
+        def fn(mod, x, fire, args):
+            self.layer_out[j] = x
+            return None
+
+        return fn
+
+    def _replay(self, j: int, hidden: torch.Tensor, src: torch.Tensor) -> Any:
+        """Call layer ``j`` on ``hidden`` with the arguments it got in the recording pass; batch-
+        dimension tensors are re-indexed to the rows' source rows ``src``."""
+        total = self.Bc + self.S
+        args, kwargs = self.layer_calls[j]
+
+        def adapt(v: Any) -> Any:
+            if v is _HIDDEN:
+                return hidden
+            if isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[0] == total and total > 1:
+                return v.index_select(0, src)
+            return v
+
+        out = self.layers[j](*_map(args, adapt), **_map(kwargs, adapt))
+        t, _ = first_tensor(out)
+        return t
+
+    def _tail(self, h: torch.Tensor) -> torch.Tensor:
+        """Final norm + output head on ``h`` ``(n, 1, d)`` -> logits ``(n, vocab)``."""
+        if self._norm is not None:
+            h = self._norm(h)
+        logits = self._head(h)[:, -1].float()
+        cap = getattr(getattr(self.model, "config", None), "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    def _check_stepper(self, logits: torch.Tensor) -> bool:
+        n = len(self.layers)
+        if any(x is None for x in self.layer_in) or any(x is None for x in self.layer_out):
+            return False
+        for j in range(n - 1):
+            a, b = self.layer_out[j], self.layer_in[j + 1]
+            if a.shape != b.shape or not (a is b or torch.equal(a, b)):
+                return False
+        get = getattr(self.model, "get_output_embeddings", None)
+        self._head = get() if callable(get) else None
+        if self._head is None:
+            return False
+        parent = self.model.get_submodule(self.layers_path.rsplit(".", 1)[0]) if "." in self.layers_path else self.model
+        self._norm = next((getattr(parent, a) for a in _NORM_NAMES if isinstance(getattr(parent, a, None), nn.Module)), None)
+        total = self.Bc + self.S
+        src = torch.arange(total - 1, -1, -1, device=self.device)
+        with torch.no_grad():
+            for j in sorted({0, n - 1}):
+                got = self._replay(j, self.layer_in[j].index_select(0, src), src)
+                want = self.layer_out[j].index_select(0, src)
+                if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max().clamp(min=1))):
+                    return False
+            tail = self._tail(self.layer_out[n - 1][:, -1:])
+        scale = float(logits.abs().max().clamp(min=1))
+        return tail.shape == logits.shape and torch.allclose(tail, logits, rtol=1e-4, atol=1e-4 * scale)
+
+    # -- the sweep -----------------------------------------------------------------------------
+    def run(self, cells: Sequence[Sequence[Patch]], cell_values: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Evaluate ``cells``. ``cell_values(logits)`` maps last-position logits ``(n_cells, S,
+        vocab)`` of complete cells to one value per cell ``(n_cells,)``. Returns ``(len(cells),)``."""
+        if not self.recorded:
+            self.record()
+        for cell in cells:
+            for p in cell:
+                if not 0 <= p.site < len(self.sites):
+                    raise ConfigError(f"patch site {p.site} out of range")
+                if not 0 <= p.token < self.seq:
+                    raise ConfigError(f"patch token {p.token} out of range (sequence length {self.seq})")
+        values = torch.empty(len(cells))
+        if not cells:
+            return values
+        per_chunk = max(1, self.max_rows() // self.S)
+        if self.stepping:
+            plans = [self._entry(cell) for cell in cells]
+            order = sorted(range(len(cells)), key=lambda k: plans[k][0])
+            chunks = [order[i: i + per_chunk] for i in range(0, len(order), per_chunk)]
+            n = len(self.layers)
+            total = sum(n - plans[c[0]][0] + 1 for c in chunks)
+        else:
+            order = list(range(len(cells)))
+            chunks = [order[i: i + per_chunk] for i in range(0, len(order), per_chunk)]
+            total = len(chunks)
+        from tqdm.auto import tqdm
+
+        with torch.no_grad(), tqdm(total=total, desc=self.desc, disable=not self.progress, leave=False) as bar:
+            for chunk in chunks:
+                if self.stepping:
+                    vals = self._run_stepped([plans[k] for k in chunk], cell_values, bar)
+                else:
+                    vals = self._run_forward([cells[k] for k in chunk], cell_values)
+                    bar.update(1)
+                values[torch.as_tensor(chunk)] = vals.float().cpu()
+        return values
+
+    def _entry(self, cell: Sequence[Patch]) -> tuple[int, list[Patch], list[Patch]]:
+        """(layer where the cell's rows join, patches written into the joining state, patches
+        applied by hooks). Joining at ``n_layers`` means: straight to the output head."""
+        if not cell:
+            return len(self.layers), [], []
+        m = min(self.site_layer[p.site] for p in cell)
+        first = [p for p in cell if self.site_layer[p.site] == m]
+        kinds = {self._resid_kind(p.site) for p in first}
+        if kinds == {"out"}:
+            entry, at_entry = m + 1, first
+        else:
+            entry, at_entry = m, [p for p in first if self._resid_kind(p.site) == "in"]
+        ids = {id(p) for p in at_entry}
+        return entry, at_entry, [p for p in cell if id(p) not in ids]
+
+    def _index(self, patches: list[tuple[int, Patch]]) -> dict[int, tuple]:
+        """Group ``(cell index within chunk, patch)`` by site -> (rows, tokens, heads, clean rows)."""
+        S = self.S
+        by_site: dict[int, list] = {}
+        for k, p in patches:
+            by_site.setdefault(p.site, []).append((k, p))
+        out = {}
+        samples = torch.arange(S, device=self.device)
+        for i, items in by_site.items():
+            rows = torch.cat([k * S + samples for k, _ in items])
+            toks = torch.tensor([p.token for _, p in items], device=self.device).repeat_interleave(S)
+            if self.sites[i].head_layout:
+                if any(p.head is None for _, p in items):
+                    raise ConfigError(f"{self.site_refs[i][0]} is a head component: patches need a head index")
+                heads = torch.tensor([p.head for _, p in items], device=self.device).repeat_interleave(S)
+            else:
+                heads = None
+            crow = samples.repeat(len(items)) if self.Bc == self.S else torch.zeros_like(rows)
+            out[i] = (rows, toks, heads, crow)
+        return out
+
+    def _write(self, i: int, v: torch.Tensor, idx: tuple) -> None:
+        rows, toks, heads, crow = idx
+        clean = self.clean_acts[i]
+        if heads is None:
+            v[rows, toks] = clean[crow, toks].to(v.dtype)
+        else:
+            v[rows, heads, toks] = clean[crow, heads, toks].to(v.dtype)
+
+    def _setter(self, i: int, idx: tuple) -> Callable:
+        site = self.sites[i]
+
+        def fn(mod, x, fire, args):
+            y = x if site.io == "output" and not torch.is_grad_enabled() else x.clone()
+            self._write(i, make_view(y, site.view, site.n_heads), idx)
+            return None if y is x else y
+
+        return fn
+
+    def _run_stepped(self, plans: list[tuple[int, list[Patch], list[Patch]]], cell_values: Callable, bar: Any) -> torch.Tensor:
+        S, Bc, n = self.S, self.Bc, len(self.layers)
+        entries = [p[0] for p in plans]
+        hook_idx = self._index([(k, p) for k, plan in enumerate(plans) for p in plan[2]])
+        joins: dict[int, list[int]] = {}
+        for k, e in enumerate(entries):
+            joins.setdefault(e, []).append(k)
+        h: torch.Tensor | None = None
+        with HookSession(self.model) as session:
+            for i, idx in hook_idx.items():
+                session.add(self.modules[i], self.sites[i].io, self._setter(i, idx))
+            for j in range(entries[0], n + 1):
+                ks = joins.get(j)
+                if ks:
+                    state = (self.layer_in[j] if j < n else self.layer_out[n - 1])[Bc:]
+                    new = state.repeat(len(ks), 1, 1)
+                    entry_idx = self._index([(a, p) for a, k in enumerate(ks) for p in plans[k][1]])
+                    for i, idx in entry_idx.items():
+                        self._write(i, new, idx)
+                    h = new if h is None else torch.cat([h, new], 0)
+                bar.update(1)
+                if j == n:
+                    break
+                if h is None:
+                    continue
+                src = Bc + torch.arange(h.shape[0], device=self.device) % S
+                h = self._replay(j, h, src)
+        step = self._tail_cells()
+        vals = []
+        for a in range(0, len(plans), step):
+            b = min(len(plans), a + step)
+            logits = self._tail(h[a * S: b * S, -1:])
+            vals.append(cell_values(logits.view(b - a, S, -1)))
+        return torch.cat(vals)
+
+    def _run_forward(self, cells: list[Sequence[Patch]], cell_values: Callable) -> torch.Tensor:
+        S, nc = self.S, len(cells)
+        src = torch.arange(nc * S, device=self.device) % S
+        inputs = {
+            k: (v.index_select(0, src) if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == S else v)
+            for k, v in self.base.items()
+        }
+        extra = {}
+        if _accepts(self.model.forward, "use_cache"):
+            extra["use_cache"] = False
+        if self._keep_one:
+            extra["logits_to_keep"] = 1
+        idx = self._index([(k, p) for k, cell in enumerate(cells) for p in cell])
+        with HookSession(self.model) as session:
+            if self.noise is not None:
+                session.add(self._embedding(), "output", self._noise_hook(torch.arange(nc * S, device=self.device), src))
+            for i, ix in idx.items():
+                session.add(self.modules[i], self.sites[i].io, self._setter(i, ix))
+            out = self.model(**inputs, **extra)
+        logits = _logits_of(out)[:, -1].float()
+        return cell_values(logits.view(nc, S, -1))

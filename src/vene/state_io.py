@@ -1,0 +1,115 @@
+"""Putting saved tensors back into modules, and reading pickled tensor files safely.
+
+Shared by vene's own format (:mod:`vene.serialization`) and pyvene's (:mod:`vene.pyvene_format`).
+Every function here checks first and mutates only when asked, so a failing load leaves the model
+as it was.
+"""
+from __future__ import annotations
+
+import itertools
+import pickle
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .errors import SerializationError, UnsafeArtifactError
+from .interventions import Intervention
+
+
+def safe_torch_load(path: str) -> Any:
+    """``torch.load(weights_only=True)`` on CPU; a pickle holding code is refused, not run."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UnsafeArtifactError(
+            f"Refusing to load {path!r}: it holds Python objects other than tensors, and unpickling "
+            f"it could run code ({str(e).splitlines()[0][:200]}). Only load files from sources you trust, "
+            "and re-save them in vene's safetensors format."
+        ) from None
+
+
+
+def restore_state(
+    iv: nn.Module, state: dict[str, torch.Tensor], where: str, device: Any, apply: bool, cast: bool = False
+) -> None:
+    """Check (``apply=False``) or load ``state`` into ``iv``, strict on names. Buffers may change
+    shape or be registered where the fresh module holds None (on ``device``); parameters keep their
+    shape. Saved dtypes are kept, or, with ``cast``, converted to the module's."""
+    own = iv.state_dict(keep_vars=True)
+    missing = sorted(k for k in own if k not in state)
+    if missing:
+        raise SerializationError(
+            f"{where}: the saved tensors lack {missing} that a {type(iv).__name__} has; the artifact "
+            "was written by a different version of this class."
+        )
+    fixes: list[Callable[[], None]] = []
+    for name, saved in state.items():
+        path, _, leaf = name.rpartition(".")
+        try:
+            owner = iv.get_submodule(path) if path else iv
+        except AttributeError:
+            owner = None
+        cur = own.get(name)
+        if cur is None:
+            if owner is None or leaf in owner._parameters or getattr(owner, leaf, 0) is not None:
+                raise SerializationError(
+                    f"{where}: the saved tensor {name!r} has no place in a {type(iv).__name__}; "
+                    "the artifact was written by a different version of this class."
+                )
+            fixes.append(lambda o=owner, n=leaf, t=saved: _register(o, n, t.to(device)))
+        elif isinstance(cur, nn.Parameter):
+            if cur.shape != saved.shape:
+                raise SerializationError(
+                    f"{where}: saved {name!r} has shape {tuple(saved.shape)}, but this model needs "
+                    f"{tuple(cur.shape)}: the artifact was made for a model of another size."
+                )
+            if cur.dtype != saved.dtype and not cast:
+                fixes.append(lambda p=cur, dt=saved.dtype: setattr(p, "data", p.data.to(dt)))
+        elif cur.shape != saved.shape or (cur.dtype != saved.dtype and not cast):
+            dt = cur.dtype if cast else saved.dtype
+            fixes.append(lambda o=owner, n=leaf, t=saved, d=cur.device, dt=dt: o._buffers.__setitem__(n, t.to(d, dt).clone()))
+    if not apply:
+        return
+    for fix in fixes:
+        fix()
+    try:
+        iv.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise SerializationError(f"{where}: {e}") from None
+
+
+def _register(owner: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    if name == "source_representation" and isinstance(owner, Intervention):
+        owner.set_source_representation(tensor.clone())
+        return
+    if name in owner.__dict__:
+        del owner.__dict__[name]
+    owner.register_buffer(name, tensor.clone())
+
+
+def model_param_loader(model: nn.Module, state: dict[str, torch.Tensor]) -> Callable[[], None]:
+    """Validate ``state`` against ``model``'s parameters; return the function that copies them."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    for name, t in state.items():
+        p = params.get(name)
+        if p is None:
+            raise SerializationError(f"The saved base-model parameter {name!r} does not exist in this {type(model).__name__}.")
+        if p.shape != t.shape:
+            raise SerializationError(
+                f"The saved base-model parameter {name!r} has shape {tuple(t.shape)}, this model's has {tuple(p.shape)}."
+            )
+
+    def apply() -> None:
+        with torch.no_grad():
+            for name, t in state.items():
+                params[name].copy_(t)
+    return apply
+
+
+def device_of(module: nn.Module, default: Any) -> Any:
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        return t.device
+    return default
+
+
