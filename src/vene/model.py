@@ -399,14 +399,10 @@ class IntervenableModel(SerializationMixin, nn.Module):
             # the source side defaults to the base side when only base locations were given
             if has_src and not src_given[i] and base_given[i]:
                 src_locs[i] = base_locs[i]
+            # constant-source interventions ignore sources; functions receive one when given
             getter = has_src and (not s.constant or s.is_lambda)
-            if s.constant and not s.is_lambda and has_src:
-                getter = False
-            act = getter or has_rep or s.constant
-            if self.mode == "parallel" and unit_locations is not None and base_locs[i] is None and base_given[i] is False and src_given[i]:
-                act = act and True
-            active.append(act)
-            needs_getter.append(getter and act)
+            active.append(getter or has_rep or s.constant)
+            needs_getter.append(getter)
         return CallPlan(
             batch=batch,
             specs=specs,
