@@ -49,7 +49,7 @@ def setup(seed: int = 0):
     ids = tok(PROMPT, return_tensors="pt")["input_ids"]
     answer = tok(ANSWER, add_special_tokens=False)["input_ids"][0]
     emb = model.get_input_embeddings().weight
-    std = 3 * float(emb.std())
+    std = 3 * float(emb.detach().std())
     noise = torch.randn(1, len(SUBJECT), emb.shape[1], generator=torch.Generator().manual_seed(seed)) * std
     return model, tok, ids, answer, noise
 

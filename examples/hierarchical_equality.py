@@ -31,22 +31,31 @@ import vene as pv
 
 @dataclass
 class Settings:
-    dim: int = 4  # entity vector size (the MLP is 4*dim wide)
-    n_entities: int = 20
+    dim: int = 4  # entity vector size: the inputs W, X, Y, Z take 4*dim features
+    pad: int = 16  # zero features appended to the input, so the hidden layers are 4*dim+pad wide
+    n_entities: int = 10_000  # the pool of random entity vectors
     n_layer: int = 3
-    mlp_train: int = 20_000  # factual examples drawn from the causal model
-    mlp_epochs: int = 40
+    weight_decay: float = 0.1
+    mlp_train: int = 40_000  # factual examples drawn from the causal model
+    mlp_epochs: int = 25
     das_train: int = 12_000  # counterfactual examples
     das_test: int = 2_000
-    das_epochs: int = 8
+    das_epochs: int = 6
     das_batch: int = 64
     das_lr: float = 0.01
     seed: int = 0
 
+    @property
+    def width(self) -> int:
+        return 4 * self.dim + self.pad
 
-def equality_causal_model(dim: int, n_entities: int, seed: int) -> pv.CausalModel:
-    g = torch.Generator().manual_seed(seed)
-    entities = [tuple(round(v, 6) for v in row) for row in (torch.rand(n_entities, dim, generator=g) * 2 - 1).tolist()]
+
+def equality_causal_model(s: Settings) -> pv.CausalModel:
+    """The high-level model. Entities are random vectors in [-1, 1]^dim; the input tensor is
+    ``[W, X, Y, Z, 0 * pad]``."""
+    g = torch.Generator().manual_seed(s.seed)
+    pool = torch.rand(s.n_entities, s.dim, generator=g) * 2 - 1
+    entities = [tuple(round(v, 6) for v in row) for row in pool.tolist()]
     variables = ["W", "X", "Y", "Z", "WX", "YZ", "O"]
     values = {v: entities for v in ["W", "X", "Y", "Z"]}
     values.update({"WX": [True, False], "YZ": [True, False], "O": [True, False]})
@@ -55,16 +64,50 @@ def equality_causal_model(dim: int, n_entities: int, seed: int) -> pv.CausalMode
         "W": lambda: entities[0], "X": lambda: entities[0], "Y": lambda: entities[0], "Z": lambda: entities[0],
         "WX": lambda w, x: w == x, "YZ": lambda y, z: y == z, "O": lambda a, b: a == b,
     }
-    return pv.CausalModel(variables, values, parents, functions)
+    pad = torch.zeros(s.pad)
+    cm = pv.CausalModel(
+        variables, values, parents, functions,
+        input_function=lambda setting: torch.cat([torch.tensor([v for var in "WXYZ" for v in setting[var]]), pad]),
+    )
+    return cm
+
+
+def balanced_sampler(cm: pv.CausalModel):
+    """An input sampler balanced over O (or over the variable the dataset generator asks for).
+
+    With a large entity pool uniform sampling almost never draws equal entities, so the sampler
+    builds inputs from the wanted values of WX and YZ (the dataset generators call it with
+    ``output_var=`` / ``output_var_value=`` to draw sources).
+    """
+    pool = cm.values["W"]
+
+    def sample(output_var=None, output_var_value=None):
+        if output_var is None:
+            output_var = "O"
+        if output_var_value is None:
+            output_var_value = random.choice([True, False])
+        wx, yz = random.choice([True, False]), random.choice([True, False])
+        if output_var == "O":
+            yz = wx if output_var_value else not wx
+        elif output_var == "WX":
+            wx = output_var_value
+        elif output_var == "YZ":
+            yz = output_var_value
+        w, y = random.choice(pool), random.choice(pool)
+        x = w if wx else random.choice(pool)
+        z = y if yz else random.choice(pool)
+        return {"W": w, "X": x, "Y": y, "Z": z}
+
+    return sample
 
 
 def train_mlp(cm: pv.CausalModel, s: Settings) -> torch.nn.Module:
-    data = cm.generate_factual_dataset(s.mlp_train, sampler=cm.sample_input_tree_balanced)
+    data = cm.generate_factual_dataset(s.mlp_train, sampler=balanced_sampler(cm))
     X = torch.stack([d["input_ids"] for d in data])
     y = torch.stack([d["labels"] for d in data]).view(-1).long()
-    cfg = pv.MLPConfig(h_dim=4 * s.dim, n_layer=s.n_layer, num_classes=2, activation_function="relu", pdrop=0.0)
+    cfg = pv.MLPConfig(h_dim=s.width, n_layer=s.n_layer, num_classes=2, activation_function="relu", pdrop=0.0)
     _, _, model = pv.create_mlp_classifier(cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=s.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, s.mlp_epochs)
     model.train()
     for _ in range(s.mlp_epochs):
@@ -93,7 +136,7 @@ def counterfactuals(cm: pv.CausalModel, size: int, batch: int) -> list[dict]:
         return 2 if len(iv) == 2 else (0 if "WX" in iv else 1)
 
     data = cm.generate_counterfactual_dataset(
-        size, intervention_id, batch, sampler=cm.sample_input_tree_balanced,
+        size, intervention_id, batch, sampler=balanced_sampler(cm),
         intervention_sampler=sample_intervention,
     )
     out = []
@@ -139,7 +182,7 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict:
 
 
 def das_at_layer(model, layer: int, train: list, test: list, s: Settings, progress: bool = False) -> float:
-    h = 4 * s.dim
+    h = s.width
     part = [[0, h // 2], [h // 2, h]]
     cfg = pv.IntervenableConfig(
         [{"layer": layer, "component": "block_output", "subspace_partition": part, "intervention_link_key": 0}] * 2,
@@ -155,8 +198,9 @@ def das_at_layer(model, layer: int, train: list, test: list, s: Settings, progre
 
 def probe_accuracy(model, cm: pv.CausalModel, layer: int, s: Settings, n: int = 4000) -> float:
     """Mean held-out accuracy of linear probes for WX and YZ on the layer's output."""
-    settings = [cm.sample_input_tree_balanced() for _ in range(n)]
-    X = torch.stack([cm.input_to_tensor(st) for st in settings])
+    sample = balanced_sampler(cm)
+    settings = [sample() for _ in range(n)]
+    X = torch.stack([cm.input_function(st) for st in settings])
     full = [cm.run_forward(st) for st in settings]
     with torch.no_grad():
         hs = model(inputs_embeds=X, output_hidden_states=True).hidden_states[layer + 1][:, -1]
@@ -180,10 +224,10 @@ def probe_accuracy(model, cm: pv.CausalModel, layer: int, s: Settings, n: int = 
 def run(s: Settings, progress: bool = False) -> dict:
     random.seed(s.seed)
     torch.manual_seed(s.seed)
-    cm = equality_causal_model(s.dim, s.n_entities, s.seed)
+    cm = equality_causal_model(s)
     t0 = time.time()
     model = train_mlp(cm, s)
-    test_f = cm.generate_factual_dataset(2000, sampler=cm.sample_input_tree_balanced)
+    test_f = cm.generate_factual_dataset(2000, sampler=balanced_sampler(cm))
     with torch.no_grad():
         logits = model(inputs_embeds=torch.stack([d["input_ids"] for d in test_f])).logits
     task_acc = float((logits.argmax(-1) == torch.stack([d["labels"] for d in test_f]).view(-1).long()).float().mean())

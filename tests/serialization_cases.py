@@ -1,14 +1,19 @@
 """Shared by test_serialization.py and test_hub.py: one small working setup per registered
-intervention type, perturbed so that loading its weights is observable."""
+intervention type, perturbed so that loading its weights is observable; the pyvene fixture."""
 from __future__ import annotations
 
+import json
+import os
+
 import torch
+from safetensors.torch import load_file
 
 import tiny_models
 import vene as pv
 from vene.interventions import Intervention, registered_interventions
 
 D = 32  # tiny_models.gpt2() width
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "pyvene_0_1_8")
 
 # constructor / site extras that some built-in types need
 EXTRA = {
@@ -26,7 +31,9 @@ def abstract(cls: type) -> bool:
 
 
 def concrete_types() -> list[str]:
-    return sorted(n for n, c in registered_interventions().items() if not abstract(c))
+    """Every registered built-in type with a forward of its own."""
+    return sorted(n for n, c in registered_interventions().items()
+                  if c.__module__.startswith("vene.") and not abstract(c))
 
 
 def build(name: str, model=None) -> pv.IntervenableModel:
@@ -89,3 +96,33 @@ def assert_same_state(im1: pv.IntervenableModel, im2: pv.IntervenableModel) -> N
         for n in sa:
             assert sa[n].dtype == sb[n].dtype and torch.equal(sa[n], sb[n]), (k, n)
         assert a.is_source_constant == b.is_source_constant
+
+
+# pyvene artifacts made by pyvene 0.1.8 itself (fixtures/pyvene_0_1_8/make_fixture.py)
+
+
+def fixture_model():
+    from transformers import GPT2Config, GPT2Model
+
+    with open(os.path.join(FIXTURES, "tiny_gpt2.json")) as f:
+        model = GPT2Model(GPT2Config(**json.load(f)))
+    model.load_state_dict(load_file(os.path.join(FIXTURES, "tiny_gpt2.safetensors")))
+    return model.eval()
+
+
+def fixture_call(im, case):
+    with open(os.path.join(FIXTURES, case, "call.json")) as f:
+        call = json.load(f)
+    exp = load_file(os.path.join(FIXTURES, case, "expected.safetensors"))
+    kw = {}
+    if call.get("sources"):
+        kw["sources"] = [{"input_ids": exp["source_input_ids"]}]
+    locs = dict(call["unit_locations"])
+    if isinstance(locs.get("sources->base"), list):  # JSON turned pyvene's (src, base) tuple into a list
+        locs["sources->base"] = tuple(locs["sources->base"])
+    kw["unit_locations"] = locs
+    if "subspaces" in call:
+        kw["subspaces"] = call["subspaces"]
+    with torch.no_grad():
+        _, out = im({"input_ids": exp["base_input_ids"]}, **kw)
+    return out.last_hidden_state, exp

@@ -9,7 +9,7 @@ import torch
 
 import tiny_models as tm
 import vene as pv
-from vene.errors import LocationError, SourceError
+from vene.errors import ConfigError, LocationError
 from vene.generation import GenerateOutput
 
 KW = dict(do_sample=False, pad_token_id=0)
@@ -279,7 +279,7 @@ def test_errors_and_warnings(gpt2_lm):
     with pytest.warns(UserWarning, match="never acted"):
         pvm.generate(x, source_representations=vec, timesteps=9, unit_locations={"base": -1}, max_new_tokens=3, **KW)
     _, _, gru = pv.create_gru_classifier(pv.GRUConfig(h_dim=8, vocab_size=10))
-    with pytest.raises(SourceError, match="generate"):
+    with pytest.raises(ConfigError, match="generate"):
         pv.IntervenableModel({"component": "cell_output", "unit": "t"}, gru).generate({"input_ids": torch.zeros(1, 3, dtype=torch.long)})
 
 
@@ -317,3 +317,23 @@ def test_tutorial_generation_snippet(gpt_neo):
                                                     pad_token_id=0)
     assert intervened_story.shape == (1, 16)
     assert torch.equal(intervened_story[0, :5], prompt["input_ids"][0])
+
+
+def test_head_position_units_follow_the_newest_token(gpt2_lm):
+    """'h.pos': heads stay fixed, -1 follows the newest token; absolute positions work too."""
+    x = tm.ids(1, 5, seed=8)
+    pvm = pv.IntervenableModel({"layer": 1, "component": "head_attention_value_output", "unit": "h.pos",
+                                "intervention_type": pv.CollectIntervention}, gpt2_lm)
+    res = pvm.generate(x, unit_locations={"base": [[[[0, 2]], [[-1]]]]}, timesteps="all", max_new_tokens=4,
+                       return_dict=True, **KW)
+    full = tm.capture(gpt2_lm, gpt2_lm.transformer.h[1].attn.c_proj, {"input_ids": res.intervened_outputs}, pre=True)
+    heads = full.view(1, full.shape[1], 4, 8)  # (b, s, H, dh)
+    assert res.collected_steps == [0, 1, 2, 3]
+    for s, c in enumerate(res.collected_activations):
+        assert c.shape == (1, 2, 1, 8)
+        torch.testing.assert_close(c[0, :, 0], heads[0, 4 + s, [0, 2]], rtol=1e-4, atol=1e-5)
+    res = pvm.generate(x, unit_locations={"base": [[[[1]], [[1, 6]]]]}, positions="absolute", max_new_tokens=4,
+                       return_dict=True, **KW)
+    assert res.collected_steps == [0, 2]
+    torch.testing.assert_close(res.collected_activations[0][0, 0, 0], heads[0, 1, 1], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(res.collected_activations[1][0, 0, 0], heads[0, 6, 1], rtol=1e-4, atol=1e-5)

@@ -219,3 +219,14 @@ def test_time_step_errors():
         pvm(b, [s], {"sources->base": ([[[1, 2]]], [[[3, 3]]])})
     before = {n: len(m._forward_hooks) + len(m._forward_pre_hooks) for n, m in model.named_modules()}
     assert all(v == 0 for v in before.values())
+
+
+def test_no_locations_means_every_step():
+    model = _gru(kind="base")
+    b, s = {"inputs_embeds": _embeds(seed=9)}, {"inputs_embeds": _embeds(seed=10)}
+    pvm = pv.IntervenableModel({"component": "cell_output", "unit": "t"}, model)
+    _, out = pvm(b, [s])  # base step t takes source step t, for every t
+    assert torch.equal(out.last_hidden_state, model(**s).last_hidden_state)
+    zero = pv.IntervenableModel({"component": "cell_output", "unit": "t", "intervention_type": pv.ZeroIntervention}, model)
+    _, out = zero(b)
+    assert torch.equal(out.last_hidden_state, torch.zeros_like(out.last_hidden_state))

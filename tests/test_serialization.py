@@ -4,19 +4,21 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import serialization_cases as C
+from serialization_cases import FIXTURES, fixture_call as _fixture_call, fixture_model as _fixture_model
 import tiny_models
 import vene as pv
 from vene.interventions import registered_interventions
 from vene.serialization import CONFIG_NAME, WEIGHTS_NAME
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "pyvene_0_1_8")
 
 
 def _config(path) -> dict:
@@ -126,7 +128,6 @@ def test_constant_source_is_stored_once(tmp_path):
     C.assert_same_run(ref, C.run(loaded, base, None))
 
 
-@pv.register_intervention(name="TestScaledAddition")
 class ScaledAddition(pv.ConstantSourceIntervention):
     """A user class whose own arguments never reach the base class (so are not in init_kwargs)."""
 
@@ -145,9 +146,31 @@ class Unregistered(pv.ConstantSourceIntervention):
         return base
 
 
-def test_custom_registered_intervention_round_trips_with_all_its_arguments(tmp_path):
+@pytest.fixture
+def registry(monkeypatch):
+    """A private copy of the registry, so that test registrations do not leak."""
+    from vene import interventions
+
+    monkeypatch.setattr(interventions, "_REGISTRY", dict(interventions._REGISTRY))
+    return interventions._REGISTRY
+
+
+def test_custom_registered_intervention_round_trips_with_all_its_arguments(tmp_path, registry):
+    pv.register_intervention(name="TestScaledAddition")(ScaledAddition)  # the decorator, applied
+
+    @pv.register_intervention
+    class Halve(pv.ConstantSourceIntervention):  # local to a function, as in a notebook
+        def forward(self, base, source=None, subspaces=None):
+            return base / 2
+
+    im = pv.IntervenableModel([{"layer": 0, "component": "block_output", "intervention_type": Halve}], tiny_models.gpt2())
+    base, _ = C.inputs()
+    ref = C.run(im, base, None)
+    im.save(tmp_path / "h")
+    C.assert_same_run(ref, C.run(pv.IntervenableModel.load(str(tmp_path / "h"), tiny_models.gpt2()), base, None))
+
     direction = torch.randn(32)
-    iv = ScaledAddition(2.5, direction, shift=(0.25), embed_dim=32)
+    iv = ScaledAddition(2.5, direction, shift=np.float32(0.25), embed_dim=32)
     im = pv.IntervenableModel([{"layer": 1, "component": "block_output", "intervention": iv}], tiny_models.gpt2())
     base, _ = C.inputs()
     ref = C.run(im, base, None)
@@ -162,7 +185,8 @@ def test_custom_registered_intervention_round_trips_with_all_its_arguments(tmp_p
     C.assert_same_run(ref, C.run(loaded, base, None))
 
 
-def test_unencodable_argument_is_dropped_only_when_the_tensors_restore_it(tmp_path):
+def test_unencodable_argument_is_dropped_only_when_the_tensors_restore_it(tmp_path, registry):
+    pv.register_intervention(name="TestScaledAddition")(ScaledAddition)
     class FittedPCA:  # stands in for sklearn's PCA
         components_ = torch.linalg.qr(torch.randn(32, 32))[0][:5].contiguous()
         mean_ = torch.randn(32)
@@ -314,33 +338,6 @@ def test_reload_on_another_device(tmp_path):
 # pyvene artifacts (made by pyvene 0.1.8 itself: tests/fixtures/pyvene_0_1_8/make_fixture.py)
 
 
-def _fixture_model():
-    from transformers import GPT2Config, GPT2Model
-
-    with open(os.path.join(FIXTURES, "tiny_gpt2.json")) as f:
-        model = GPT2Model(GPT2Config(**json.load(f)))
-    model.load_state_dict(load_file(os.path.join(FIXTURES, "tiny_gpt2.safetensors")))
-    return model.eval()
-
-
-def _fixture_call(im, case):
-    with open(os.path.join(FIXTURES, case, "call.json")) as f:
-        call = json.load(f)
-    exp = load_file(os.path.join(FIXTURES, case, "expected.safetensors"))
-    kw = {}
-    if call.get("sources"):
-        kw["sources"] = [{"input_ids": exp["source_input_ids"]}]
-    locs = dict(call["unit_locations"])
-    if isinstance(locs.get("sources->base"), list):  # JSON turned pyvene's (src, base) tuple into a list
-        locs["sources->base"] = tuple(locs["sources->base"])
-    kw["unit_locations"] = locs
-    if "subspaces" in call:
-        kw["subspaces"] = call["subspaces"]
-    with torch.no_grad():
-        _, out = im({"input_ids": exp["base_input_ids"]}, **kw)
-    return out.last_hidden_state, exp
-
-
 # Boundless DAS: vene centres its soft mask on i+0.5 (pyvene's mask is 0.5 at dimension 0 at any
 # temperature); with pyvene's weights the outputs agree to ~1e-3, not to rounding.
 PYVENE_CASES = {"constant_sources": 1e-5, "vanilla_subspace": 1e-5, "rotated": 1e-5,
@@ -378,10 +375,17 @@ def test_pyvene_artifact_resaves_in_vene_format(tmp_path):
     assert torch.equal(_fixture_call(again, "rotated")[0], ref)
 
 
-def test_pyvene_load_intervention_onto_existing_model():
+@pytest.mark.parametrize("weights_only", [False, True])
+def test_pyvene_load_intervention_onto_existing_model(tmp_path, weights_only):
+    directory = os.path.join(FIXTURES, "low_rank_rotated")
+    if weights_only:  # what pyvene's save_intervention writes: intkey_*.bin, no config.json
+        for f in os.listdir(directory):
+            if f.startswith("intkey_"):
+                shutil.copy(os.path.join(directory, f), tmp_path / f)
+        directory = str(tmp_path)
     im = pv.IntervenableModel([{"layer": 0, "component": "block_output", "low_rank_dimension": 4,
                                 "intervention_type": pv.LowRankRotatedSpaceIntervention}], _fixture_model())
-    im.load_intervention(os.path.join(FIXTURES, "low_rank_rotated"))
+    im.load_intervention(directory)
     out, exp = _fixture_call(im, "low_rank_rotated")
     torch.testing.assert_close(out, exp["last_hidden_state"], atol=1e-5, rtol=0)
 
@@ -423,6 +427,13 @@ def test_pickle_that_would_run_code_is_refused(tmp_path, as_zip):
         pv.IntervenableModel.load(str(d), model)
     assert not sentinel.exists()
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_pyvene_constant_source_without_its_file_is_an_error(tmp_path):
+    d, binfile = _pyvene_dir(tmp_path)
+    assert not binfile.exists()
+    with pytest.raises(pv.SerializationError, match="constant source.*missing"):
+        pv.IntervenableModel.load(str(d), _fixture_model())
 
 
 def test_class_paths_in_a_config_are_never_imported(tmp_path, monkeypatch):

@@ -269,8 +269,9 @@ def _flatten_feats(t: torch.Tensor, spec: KeySpec, n_lead: int) -> torch.Tensor:
     return t.reshape(*t.shape[:n_lead], -1)
 
 
-def _module_input(spec: KeySpec, args: tuple, op: "Op", sel: torch.Tensor) -> torch.Tensor:
-    """The hooked module's input at the op's units (for interventions with ``uses_module_input``)."""
+def _module_input(spec: KeySpec, args: tuple, op: "Op", sel: torch.Tensor, loc: Loc | None) -> torch.Tensor:
+    """The hooked module's input at the op's units (``loc``: this firing's units, see ``Op.gate``)
+    (for interventions with ``uses_module_input``)."""
     if spec.site.io != "output":
         return sel
     x = args[0] if args and isinstance(args[0], torch.Tensor) else None
@@ -280,14 +281,14 @@ def _module_input(spec: KeySpec, args: tuple, op: "Op", sel: torch.Tensor) -> to
             f"{spec.site.describe()}, but that module was called without a positional tensor "
             "input; hook a module that takes its input positionally (e.g. a Linear layer)."
         )
-    if spec.site.view is not None or (op.loc is not None and op.loc.two_level):
+    if spec.site.view is not None or (loc is not None and loc.two_level):
         raise ConfigError(
             f"{spec.key}: {type(spec.intervention).__name__} reads the module input, which has no "
             "head split; use it on a whole-vector component (e.g. mlp_output) with 'pos' units."
         )
     if op.rows is not None:
         x = x[op.rows]
-    return _gather(x, op.loc, spec, "base")
+    return _gather(x, loc, spec, "base")
 
 
 def _call_intervention(spec: KeySpec, base: torch.Tensor, source: Any, subspaces: Any, plan: CallPlan, args: tuple, module_input: Any = None) -> Any:
@@ -406,7 +407,7 @@ def make_hook(ops: list[Op], plan: CallPlan, protected: set[int], stop_after: li
                         f"{spec.key}: the source selection has shape {tuple(source.shape)} but the base "
                         f"selection has shape {tuple(sel.shape)}; select the same number of units on both sides."
                     )
-            mi = _module_input(spec, args, op, sel) if getattr(spec.intervention, "uses_module_input", False) else None
+            mi = _module_input(spec, args, op, sel, loc) if getattr(spec.intervention, "uses_module_input", False) else None
             new = _call_intervention(spec, sel, source, op.subspaces, plan, args, mi)
             if spec.is_collect:
                 plan.collected.setdefault(spec.key, []).append(new if mask is None else _collect_masked(new, mask))

@@ -16,7 +16,9 @@ choices. ``None`` (default) keeps pyvene's rule: interventions with base locatio
 generated step (``intervene_on_prompt=False``) or on the prompt only (``True``); interventions
 without locations act on every step, on the whole tensor. As in pyvene,
 ``intervene_on_prompt=False`` without ``unit_locations`` means ``{"base": 0}``: position 0 of each
-decoding step's input, which with a KV cache is the newest token.
+decoding step's input, which with a KV cache is the newest token. With explicit ``timesteps``
+there is no such rewrite: no ``unit_locations`` means the whole tensor at the chosen steps (and
+interventions missing from a ``timesteps`` dict act at every step).
 
 **Positions.** ``positions="step"`` (default, pyvene): base locations index the current step's
 input tensor; with a KV cache a decoding step sees one token, so only ``0`` / ``-1`` address it.
@@ -50,7 +52,7 @@ from typing import Any, Callable
 import torch
 
 from . import engine
-from .errors import LocationError, SourceError
+from .errors import ConfigError, LocationError, SourceError
 from .hooks import HookSession
 from .locations import Loc, _expand, _per_key, _rows
 
@@ -292,7 +294,7 @@ def generate(
     pvm = intervenable
     model = pvm.model
     if not callable(getattr(model, "generate", None)):
-        raise SourceError(f"{type(model).__name__} has no generate() method; call the IntervenableModel instead.")
+        raise ConfigError(f"{type(model).__name__} has no generate() method; call the IntervenableModel instead.")
     if positions not in ("step", "absolute"):
         raise LocationError(f"positions must be 'step' or 'absolute', got {positions!r}.")
     if not isinstance(base, Mapping):

@@ -82,6 +82,8 @@ def state_loads(directory: str, config: dict[str, Any], im: Any) -> list[Callabl
         done.add(id(iv))
         dev = device_of(iv, im.get_device())
         path = os.path.join(directory, f"intkey_{key}.bin")
+        if not os.path.isfile(path) and im.representations[key].hidden_source_representation:
+            raise SerializationError(f"{key} had a constant source, but {os.path.basename(path)} is missing from {directory!r}.")
         state = safe_torch_load(path) if os.path.isfile(path) else {}
         if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise SerializationError(f"{path!r} does not hold a dict of tensors.")

@@ -15,17 +15,14 @@ Types resolve through the intervention registry (``vene.register_intervention``)
 a file is never imported. Linked interventions are stored once (``"shares_with"``) and reload
 linked. Writes go to a temporary directory first, then are renamed into place.
 
-Directories written by pyvene (``config.json`` + ``intkey_<key>.bin``) load too, for registered
-types: their class-path strings are looked up by class name in the registry, and their ``.bin``
-files are read with ``torch.load(weights_only=True)``. A class whose parameter names differ from
-pyvene's may define ``convert_pyvene_state_dict(state) -> state``.
+Directories written by pyvene (``config.json`` + ``intkey_<key>.bin``) load too: see
+:mod:`vene.pyvene_format`.
 """
 from __future__ import annotations
 
 import inspect
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -38,7 +35,7 @@ from torch import nn
 from .config import IntervenableConfig, RepresentationConfig, to_representation
 from .errors import ArtifactNotFoundError, ConfigError, SerializationError
 from .interventions import LambdaIntervention, get_intervention_class, registered_interventions
-from .state_io import device_of, model_param_loader, restore_state
+from .state_io import TensorStore, decode_value, device_of, encode_value, model_param_loader, restore_state
 
 logger = logging.getLogger(__name__)
 
@@ -50,88 +47,7 @@ PYVENE_CONFIG_NAME = "config.json"  # read only (pyvene artifacts)
 PYVENE_MODEL_NAME = "pytorch_model.bin"
 ARTIFACT_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
 MODEL_PREFIX = "base_model."
-_MARKERS = ("__tensor__", "__tuple__", "__dtype__", "__device__", "__float__")
 _SITE_FIELDS = [f for f in RepresentationConfig._fields if f not in ("intervention_type", "intervention")]
-
-
-# ---------------------------------------------------------------------------------------------
-# values <-> JSON (constructor arguments and site fields)
-
-
-class _TensorStore:
-    """Tensors to save, CPU and contiguous; a tensor sharing storage with another is cloned."""
-
-    def __init__(self) -> None:
-        self.tensors: dict[str, torch.Tensor] = {}
-        self._ptrs: set[int] = set()
-
-    def add(self, name: str, t: torch.Tensor) -> str:
-        t = t.detach().to("cpu").contiguous()
-        ptr = t.untyped_storage().data_ptr() if t.numel() else None
-        if ptr is not None and ptr in self._ptrs:
-            t = t.clone()
-        elif ptr is not None:
-            self._ptrs.add(ptr)
-        self.tensors[name] = t
-        return name
-
-    def find_equal(self, prefix: str, t: torch.Tensor) -> str | None:
-        t = t.detach().to("cpu")
-        for name, s in self.tensors.items():
-            if name.startswith(prefix) and s.dtype == t.dtype and s.shape == t.shape and torch.equal(s, t):
-                return name
-        return None
-
-
-def _encode(value: Any, where: str, store: _TensorStore, key: str) -> Any:
-    """A JSON-able form of ``value``; tensors go to ``store``. ``where`` names it in errors."""
-    if value is None or isinstance(value, (bool, str, int)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else {"__float__": repr(value)}
-    if isinstance(value, torch.Tensor):
-        name = store.find_equal(f"{key}.", value) or store.add(f"{key}.__init__.{where}", value)
-        return {"__tensor__": name}
-    if isinstance(value, torch.dtype):
-        return {"__dtype__": str(value).replace("torch.", "")}
-    if isinstance(value, torch.device):
-        return {"__device__": str(value)}
-    if isinstance(value, list):
-        return [_encode(v, f"{where}.{i}", store, key) for i, v in enumerate(value)]
-    if isinstance(value, tuple):
-        return {"__tuple__": [_encode(v, f"{where}.{i}", store, key) for i, v in enumerate(value)]}
-    if isinstance(value, dict) and all(isinstance(k, str) and k not in _MARKERS for k in value):
-        return {k: _encode(v, f"{where}.{k}", store, key) for k, v in value.items()}
-    raise SerializationError(
-        f"Cannot save {key}: its argument {where!r} is a {type(value).__name__} ({value!r:.80}), "
-        "which has no file representation. Constructor arguments must be numbers, strings, "
-        "booleans, None, tensors, dtypes, or lists/tuples/dicts of these; pass other objects "
-        "after loading instead."
-    )
-
-
-def _decode(value: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
-    if isinstance(value, list):
-        return [_decode(v, tensors, where) for v in value]
-    if not isinstance(value, dict):
-        return value
-    if "__tensor__" in value:
-        name = value["__tensor__"]
-        if name not in tensors:
-            raise SerializationError(f"{where}: tensor {name!r} is missing from {WEIGHTS_NAME}.")
-        return tensors[name].clone()
-    if "__tuple__" in value:
-        return tuple(_decode(v, tensors, where) for v in value["__tuple__"])
-    if "__dtype__" in value:
-        dt = getattr(torch, str(value["__dtype__"]), None)
-        if not isinstance(dt, torch.dtype):
-            raise SerializationError(f"{where}: unknown dtype {value['__dtype__']!r}.")
-        return dt
-    if "__device__" in value:
-        return torch.device(value["__device__"])
-    if "__float__" in value:
-        return float(value["__float__"])
-    return {k: _decode(v, tensors, where) for k, v in value.items()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,15 +101,15 @@ def constructor_call(intervention: nn.Module) -> tuple[list, dict[str, Any]]:
     return out_args, out_kwargs
 
 
-def _encode_init(iv: nn.Module, key: str, store: _TensorStore) -> dict[str, Any]:
+def _encode_init(iv: nn.Module, key: str, store: TensorStore) -> dict[str, Any]:
     """The JSON form of ``iv``'s constructor call. An argument with no file form (e.g. a fitted
     sklearn PCA) is left out only if the class rebuilds to the same tensor layout without it."""
     args, kwargs = constructor_call(iv)
-    out = {"args": _encode(args, "args", store, key), "kwargs": {}}
+    out = {"args": encode_value(args, "args", store, key), "kwargs": {}}
     failed: dict[str, SerializationError] = {}
     for name, value in kwargs.items():
         try:
-            out["kwargs"][name] = _encode(value, name, store, key)
+            out["kwargs"][name] = encode_value(value, name, store, key)
         except SerializationError as e:
             failed[name] = e
     if failed:
@@ -229,7 +145,7 @@ def describe(im: Any, include_model: bool = False) -> tuple[dict[str, Any], dict
     """The JSON description and the tensors of an ``IntervenableModel``; raises before any write."""
     from . import __version__
 
-    store = _TensorStore()
+    store = TensorStore()
     owners: dict[int, str] = {}
     entries = []
     for key in sorted(im._specs, key=lambda k: im._specs[k].index):
@@ -249,7 +165,7 @@ def describe(im: Any, include_model: bool = False) -> tuple[dict[str, Any], dict
             entry["tensors"] = sorted(state)
             entry["is_source_constant"] = bool(getattr(iv, "is_source_constant", False))
         entry["shares_with"] = owner
-        entry["site"] = {f: _encode(getattr(rep, f), f"site.{f}", store, key) for f in _SITE_FIELDS}
+        entry["site"] = {f: encode_value(getattr(rep, f), f"site.{f}", store, key) for f in _SITE_FIELDS}
         entries.append(entry)
     model_params = []
     if include_model:
@@ -441,8 +357,8 @@ def _build_vene(config: dict[str, Any], tensors: dict[str, torch.Tensor], model:
         else:
             cls = classes[key]
             init = e.get("init") or {}
-            args = _decode(init.get("args", []), tensors, key)
-            kw = _filter_kwargs(cls, _decode(init.get("kwargs", {}), tensors, key), key)
+            args = decode_value(init.get("args", []), tensors, key)
+            kw = _filter_kwargs(cls, decode_value(init.get("kwargs", {}), tensors, key), key)
             try:
                 iv = cls(*args, **kw)
             except Exception as err:
@@ -451,7 +367,7 @@ def _build_vene(config: dict[str, Any], tensors: dict[str, torch.Tensor], model:
                 ) from err
             pending.append((iv, _entry_state(e, tensors), key, e.get("is_source_constant")))
         instances[key] = iv
-        site = {f: _decode(v, tensors, key) for f, v in (e.get("site") or {}).items() if f in _SITE_FIELDS}
+        site = {f: decode_value(v, tensors, key) for f, v in (e.get("site") or {}).items() if f in _SITE_FIELDS}
         try:
             reps.append(to_representation(dict(site, intervention=iv), len(reps)))
         except ConfigError as err:
@@ -510,6 +426,7 @@ def load(
                                  include_model=include_model)
     fmt, config = read_config(directory)
     model_state: dict[str, torch.Tensor] = {}
+    loads: list[Callable[[], None]] = []
     if fmt == "vene":
         tensors = _read_tensors(directory, config)
         _check_identity(config.get("base_model") or {}, model)
@@ -520,9 +437,9 @@ def load(
         im, loads = pyvene_format.build(directory, config, model, kwargs)
         if include_model:
             model_state = pyvene_format.model_state(directory)
-        for fn in loads:
-            fn()
     apply_model = model_param_loader(model, model_state)
+    for fn in loads:
+        fn()
     device = im.get_device()
     for iv in {id(v): v for v in im.interventions.values()}.values():
         iv.to(device)
@@ -548,7 +465,12 @@ def load_into(im: Any, load_directory: Any, include_model: bool = True, **hub_kw
     from .hub import resolve_artifact
 
     directory = resolve_artifact(load_directory, include_model=include_model, **hub_kwargs)
-    fmt, config = read_config(directory)
+    try:
+        fmt, config = read_config(directory)
+    except ArtifactNotFoundError:  # pyvene's save_intervention writes intkey_*.bin files only
+        if not any(f.startswith("intkey_") and f.endswith(".bin") for f in os.listdir(directory)):
+            raise
+        fmt, config = "pyvene", {}
     steps: list[Callable[[], Any]] = []
     model_state: dict[str, torch.Tensor] = {}
     if fmt == "vene":
@@ -560,7 +482,7 @@ def load_into(im: Any, load_directory: Any, include_model: bool = True, **hub_kw
             if key not in im.interventions:
                 raise SerializationError(f"The saved intervention {key!r} is not in this model; its keys are {im.sorted_keys}.")
             iv = im.interventions[key]
-            if type_name(iv, key) != e.get("type"):
+            if type(iv) is not registered_interventions().get(str(e.get("type"))):
                 raise SerializationError(f"{key}: saved as {e.get('type')}, but this model has a {type(iv).__name__} there.")
             state = _entry_state(e, tensors)
             dev = device_of(iv, im.get_device())

@@ -1,12 +1,13 @@
-"""Putting saved tensors back into modules, and reading pickled tensor files safely.
+"""Values and tensors in saved artifacts: JSON forms of constructor arguments, putting saved
+tensors back into modules, and reading pickled tensor files safely.
 
 Shared by vene's own format (:mod:`vene.serialization`) and pyvene's (:mod:`vene.pyvene_format`).
-Every function here checks first and mutates only when asked, so a failing load leaves the model
-as it was.
+Restoring checks first and mutates only when asked, so a failing load leaves the model as it was.
 """
 from __future__ import annotations
 
 import itertools
+import math
 import pickle
 from typing import Any, Callable
 
@@ -15,6 +16,95 @@ from torch import nn
 
 from .errors import SerializationError, UnsafeArtifactError
 from .interventions import Intervention
+
+_MARKERS = ("__tensor__", "__tuple__", "__dtype__", "__device__", "__float__")
+
+
+# ---------------------------------------------------------------------------------------------
+# values <-> JSON (constructor arguments and site fields); tensors are stored by name
+
+
+class TensorStore:
+    """Tensors to save, CPU and contiguous; a tensor sharing storage with another is cloned."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, torch.Tensor] = {}
+        self._ptrs: set[int] = set()
+
+    def add(self, name: str, t: torch.Tensor) -> str:
+        t = t.detach().to("cpu").contiguous()
+        ptr = t.untyped_storage().data_ptr() if t.numel() else None
+        if ptr is not None and ptr in self._ptrs:
+            t = t.clone()
+        elif ptr is not None:
+            self._ptrs.add(ptr)
+        self.tensors[name] = t
+        return name
+
+    def find_equal(self, prefix: str, t: torch.Tensor) -> str | None:
+        t = t.detach().to("cpu")
+        for name, s in self.tensors.items():
+            if name.startswith(prefix) and s.dtype == t.dtype and s.shape == t.shape and torch.equal(s, t):
+                return name
+        return None
+
+
+def encode_value(value: Any, where: str, store: TensorStore, key: str) -> Any:
+    """A JSON-able form of ``value``; tensors go to ``store``. ``where`` names it in errors."""
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"__float__": repr(value)}
+    if type(value).__module__ == "numpy":  # numpy scalars become numbers, arrays tensors
+        try:
+            converted = value.item() if getattr(value, "shape", None) == () else torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            converted = None
+        if isinstance(converted, (bool, int, float, torch.Tensor)):
+            return encode_value(converted, where, store, key)
+    if isinstance(value, torch.Tensor):
+        name = store.find_equal(f"{key}.", value) or store.add(f"{key}.__init__.{where}", value)
+        return {"__tensor__": name}
+    if isinstance(value, torch.dtype):
+        return {"__dtype__": str(value).replace("torch.", "")}
+    if isinstance(value, torch.device):
+        return {"__device__": str(value)}
+    if isinstance(value, list):
+        return [encode_value(v, f"{where}.{i}", store, key) for i, v in enumerate(value)]
+    if isinstance(value, tuple):
+        return {"__tuple__": [encode_value(v, f"{where}.{i}", store, key) for i, v in enumerate(value)]}
+    if isinstance(value, dict) and all(isinstance(k, str) and k not in _MARKERS for k in value):
+        return {k: encode_value(v, f"{where}.{k}", store, key) for k, v in value.items()}
+    raise SerializationError(
+        f"Cannot save {key}: its argument {where!r} is a {type(value).__name__} ({value!r:.80}), "
+        "which has no file representation. Constructor arguments must be numbers, strings, "
+        "booleans, None, tensors, dtypes, or lists/tuples/dicts of these; pass other objects "
+        "after loading instead."
+    )
+
+
+def decode_value(value: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
+    if isinstance(value, list):
+        return [decode_value(v, tensors, where) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__tensor__" in value:
+        name = value["__tensor__"]
+        if name not in tensors:
+            raise SerializationError(f"{where}: tensor {name!r} is missing from the tensor file.")
+        return tensors[name].clone()
+    if "__tuple__" in value:
+        return tuple(decode_value(v, tensors, where) for v in value["__tuple__"])
+    if "__dtype__" in value:
+        dt = getattr(torch, str(value["__dtype__"]), None)
+        if not isinstance(dt, torch.dtype):
+            raise SerializationError(f"{where}: unknown dtype {value['__dtype__']!r}.")
+        return dt
+    if "__device__" in value:
+        return torch.device(value["__device__"])
+    if "__float__" in value:
+        return float(value["__float__"])
+    return {k: decode_value(v, tensors, where) for k, v in value.items()}
 
 
 def safe_torch_load(path: str) -> Any:

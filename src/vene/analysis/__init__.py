@@ -1,11 +1,25 @@
 """Analyses built on vene's engine: causal tracing, activation patching, plots.
 
-Functions take a model (TransformerLens ``patching`` style) and return result objects; plots are
-matplotlib ``Figure`` s.
+Functions take a model (TransformerLens ``patching`` style) and return result objects whose
+``plot()`` gives a matplotlib ``Figure``. Sweeps record the clean run once, pack many
+restorations into few batched passes, resume each restoration from the cached corrupted state at
+its layer and compute the output head on the last position only (see :mod:`vene.analysis.sweep`).
 """
 from __future__ import annotations
 
-from .causal_trace import CausalTraceResult, causal_trace, find_subject_positions, guess_subject
+from .causal_trace import (
+    DEFAULT_COMPONENTS,
+    CausalTraceResult,
+    causal_trace,
+    find_subject_positions,
+    guess_subject,
+)
+from .patching import PatchingResult, activation_patching, logit_diff, logprob, probability
+from .plotting import draw_heatmap, heatmap, plot_causal_trace, plot_patching
 from .sweep import Patch, SweepRunner
 
-__all__ = ["CausalTraceResult", "Patch", "SweepRunner", "causal_trace", "find_subject_positions", "guess_subject"]
+__all__ = [
+    "DEFAULT_COMPONENTS", "CausalTraceResult", "Patch", "PatchingResult", "SweepRunner",
+    "activation_patching", "causal_trace", "draw_heatmap", "find_subject_positions", "guess_subject",
+    "heatmap", "logit_diff", "logprob", "plot_causal_trace", "plot_patching", "probability",
+]

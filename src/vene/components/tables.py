@@ -170,7 +170,12 @@ def _three_h_dim(cfg: Any) -> int:
 
 
 # Built-in GRU (vene.models.gru): each cells[L] runs once per time step, so these components are
-# per-step tensors (batch, d), addressed with unit "t".
+# per-step tensors (batch, d), addressed with unit "t": a location is a time step, per example
+# ({"base": 3}; {"sources->base": (6, 3)} puts the source's step 6 into the base's step 3;
+# [[3], [5]] gives each example its own step). Only the requested steps of the requested examples
+# are intervened; every other step keeps its exact values (also for constant-source interventions
+# such as Zero). Without locations every step is intervened, base step t taking source step t.
+# A collect intervention on "t" returns one (batch, units, d) tensor: each example's steps.
 GRU: Table = {
     "cell_input": ("", "input", None, _h_dim),
     "cell_output": ("", "output", None, _h_dim),

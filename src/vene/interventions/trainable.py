@@ -445,7 +445,7 @@ class JumpReLUAutoencoderIntervention(TrainableIntervention):
         W_dec = W_dec / W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
         self.W_enc = nn.Parameter(W_dec.T.clone())
         self.W_dec = nn.Parameter(W_dec)
-        self.threshold = nn.Parameter(torch.zeros(w))
+        self.threshold = nn.Parameter(torch.zeros(w), requires_grad=False)  # a step: no gradient
         self.b_enc = nn.Parameter(torch.zeros(w))
         self.b_dec = nn.Parameter(torch.zeros(n))
 

@@ -25,9 +25,10 @@ def check_gradient_checkpointing(intervenable: Any) -> None:
     for m in mods:
         if getattr(m, "gradient_checkpointing", False) is True and m.training:
             raise ConfigError(
-                "Gradient checkpointing is enabled on the wrapped model; checkpointed layers "
+                "Gradient (activation) checkpointing is enabled on the wrapped model; checkpointed layers "
                 "recompute their forward pass during backward, after vene's hooks are removed, so "
                 "gradients would ignore the interventions. Call "
-                "model.gradient_checkpointing_disable() (or run this call under torch.no_grad(), "
-                "or with the model in eval mode) before training through interventions."
+                "model.activation_checkpointing_disable() (gradient_checkpointing_disable() on "
+                "older transformers), or run this call under torch.no_grad() or with the model in "
+                "eval mode, before training through interventions."
             )

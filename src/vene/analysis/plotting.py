@@ -1,0 +1,154 @@
+"""Plots for sweeps: heatmaps with token labels and ROME's causal-trace panels.
+
+Every function returns a matplotlib :class:`~matplotlib.figure.Figure` built without pyplot (no
+global state, no GUI backend needed): ``fig.savefig("trace.png")`` works anywhere, and notebooks
+display a returned figure.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import ConfigError
+
+#: ROME's colours: hidden states purple, MLP green, attention red.
+PANEL_STYLE = {
+    "block_output": ("Purples", "single restored layer"),
+    "block_input": ("Purples", "single restored layer"),
+    "mlp_output": ("Greens", "center of interval of {w} restored MLP layers"),
+    "attention_output": ("Reds", "center of interval of {w} restored attention layers"),
+}
+_TITLES = {
+    "block_output": "Impact of restoring state after corrupted input",
+    "block_input": "Impact of restoring layer input after corrupted input",
+    "mlp_output": "Impact of restoring MLP after corrupted input",
+    "attention_output": "Impact of restoring attention after corrupted input",
+}
+
+
+def _figure(figsize: tuple[float, float]):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError("Plotting needs matplotlib: pip install 'vene[viz]'") from err
+    return Figure(figsize=figsize, layout="constrained")
+
+
+def _to_2d(values: Any) -> torch.Tensor:
+    t = torch.as_tensor(values, dtype=torch.float32).detach().cpu()
+    if t.dim() != 2:
+        raise ConfigError(f"heatmap needs a 2-D grid, got shape {tuple(t.shape)}.")
+    return t
+
+
+def draw_heatmap(
+    ax: Any,
+    values: Any,
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    *,
+    title: str | None = None,
+    xlabel: str | None = None,
+    ylabel: str | None = None,
+    cmap: str = "viridis",
+    vmin: float | None = None,
+    vmax: float | None = None,
+    colorbar_label: str | None = None,
+    max_xticks: int = 16,
+) -> Any:
+    """Draw ``values`` ``(rows, cols)`` on ``ax``; returns the image."""
+    t = _to_2d(values)
+    img = ax.pcolormesh(t.numpy(), cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.invert_yaxis()
+    ax.set_yticks([i + 0.5 for i in range(t.shape[0])])
+    ax.set_yticklabels(list(row_labels) if row_labels is not None else [str(i) for i in range(t.shape[0])])
+    step = max(1, -(-t.shape[1] // max_xticks))
+    cols = list(range(0, t.shape[1], step))
+    ax.set_xticks([c + 0.5 for c in cols])
+    ax.set_xticklabels([col_labels[c] if col_labels is not None else str(c) for c in cols],
+                       rotation=90 if col_labels is not None and any(len(str(l)) > 3 for l in col_labels) else 0)
+    if title:
+        ax.set_title(title, fontsize=10)
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+    cb = ax.figure.colorbar(img, ax=ax)
+    if colorbar_label:
+        cb.ax.set_title(colorbar_label, y=-0.12, fontsize=9)
+    return img
+
+
+def heatmap(values: Any, row_labels: Sequence[str] | None = None, col_labels: Sequence[str] | None = None, *,
+            figsize: tuple[float, float] | None = None, **kwargs: Any):
+    """A single heatmap ``(rows, cols)`` with labels, as a ``Figure``. Keyword arguments as in
+    :func:`draw_heatmap` (``title``, ``xlabel``, ``ylabel``, ``cmap``, ``vmin``, ``vmax``,
+    ``colorbar_label``)."""
+    t = _to_2d(values)
+    fig = _figure(figsize or (max(4.0, 0.25 * t.shape[1] + 2.5), max(2.5, 0.3 * t.shape[0] + 1.2)))
+    draw_heatmap(fig.add_subplot(1, 1, 1), t, row_labels, col_labels, **kwargs)
+    return fig
+
+
+def _token_rows(tokens: Sequence[str], marked: Sequence[int]) -> list[str]:
+    return [repr(t)[1:-1] + ("*" if i in marked else "") for i, t in enumerate(tokens)]
+
+
+def plot_causal_trace(result: Any, components: Sequence[str] | None = None, figsize: tuple[float, float] | None = None):
+    """ROME's panels: one heatmap per component, tokens down (subject tokens starred), layers
+    across, colour = p(answer) with the state restored; the colour scale starts at p(corrupted)."""
+    comps = list(components) if components is not None else list(result.scores)
+    if not comps:
+        raise ConfigError("Nothing to plot: the result has no components.")
+    n_tok, n_layers = len(result.tokens), len(result.layers)
+    width = max(3.5, 0.12 * n_layers + 2.2)
+    fig = _figure(figsize or (width * len(comps), max(2.5, 0.3 * n_tok + 1.3)))
+    rows = _token_rows(result.tokens, result.subject_positions)
+    answer = repr(result.answer)
+    for k, comp in enumerate(comps):
+        ax = fig.add_subplot(1, len(comps), k + 1)
+        cmap, xl = PANEL_STYLE.get(comp, ("viridis", "layer"))
+        w = result.window.get(comp, 1) if isinstance(result.window, dict) else 1
+        grid = result.scores[comp].T  # (tokens, layers)
+        draw_heatmap(
+            ax, grid, rows if k == 0 else [""] * n_tok, [str(l) for l in result.layers],
+            title=_TITLES.get(comp, f"Impact of restoring {comp}"),
+            xlabel=xl.format(w=w) if w > 1 or "{w}" not in xl else "single restored layer",
+            cmap=cmap, vmin=min(result.p_corrupted, float(grid.min())), colorbar_label=f"p({answer})",
+        )
+    return fig
+
+
+def plot_patching(result: Any, components: Sequence[str] | None = None, normalize: bool = False,
+                  figsize: tuple[float, float] | None = None):
+    """Activation-patching grids: positions down, layers across (one panel per component); head
+    components get one (heads x layers) panel per patched position."""
+    scores = result.normalized() if normalize else result.scores
+    comps = list(components) if components is not None else list(scores)
+    panels = []
+    for comp in comps:
+        g = scores[comp]
+        if g.dim() == 2:
+            labels = [
+                (repr(result.tokens[p])[1:-1] if result.tokens is not None and isinstance(p, int) else str(p))
+                for p in result.positions
+            ]
+            panels.append((comp, g.T, labels, "position"))
+        else:
+            for pi, p in enumerate(result.positions[:12]):
+                tok = f" {result.tokens[p]!r}" if result.tokens is not None and isinstance(p, int) else ""
+                panels.append((f"{comp} @ position {p}{tok}", g[:, pi, :].T, [str(h) for h in result.heads[comp]], "head"))
+    if not panels:
+        raise ConfigError("Nothing to plot: the result has no components.")
+    n_rows_max = max(p[1].shape[0] for p in panels)
+    width = max(3.5, 0.12 * len(result.layers) + 2.5)
+    fig = _figure(figsize or (width * len(panels), max(2.5, 0.3 * n_rows_max + 1.3)))
+    label = "normalised metric" if normalize else "metric"
+    for k, (title, grid, rows, ylabel) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        lim = float(grid.abs().max()) or 1.0
+        draw_heatmap(ax, grid, rows, [str(l) for l in result.layers], title=f"Patching {title}",
+                     xlabel="layer", ylabel=ylabel if k == 0 else None, cmap="RdBu_r", vmin=-lim, vmax=lim,
+                     colorbar_label=label)
+    return fig
