@@ -480,3 +480,85 @@ def test_gradient_checkpointing_is_refused_with_a_clear_error():
     model.activation_checkpointing_disable()
     _, out = iv(base, [src], {"sources->base": 2})
     out.logits.sum().backward()
+
+
+# ---------------------------------------------------------------------------------------------
+# training loops
+
+
+def _relu_mlp(h=8, seed=0):
+    torch.manual_seed(seed)
+    cfg = pv.MLPConfig(h_dim=h, n_layer=2, num_classes=3, activation_function="relu", pdrop=0.0)
+    model = pv.create_mlp_classifier(cfg)[2]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+def _batches(sizes, h=8, n_src=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in sizes:
+        shape = (n, h) if n_src is None else (n, n_src, h)
+        out.append({"input_ids": torch.randn(n, h, generator=g), "source_input_ids": torch.randn(*shape, generator=g),
+                    "labels": torch.randint(0, 3, (n,), generator=g)})
+    return out
+
+
+def test_batch_unit_locations_reads_pyvene_fields(gpt2):
+    from vene.training import batch_unit_locations
+
+    iv = pv.IntervenableModel([{"layer": 0, "component": "block_output"}, {"layer": 1, "component": "block_output"}], gpt2)
+    batch = {"source_0->base.0.pos": torch.tensor([[1], [2]]), "source_0->base.1.pos": torch.tensor([[3], [4]]),
+             "source_1->base.1.pos": [[0], [5]]}
+    assert batch_unit_locations(iv, batch) == {"sources->base": ([[[1], [2]], [[0], [5]]], [[[3], [4]], [[0], [5]]])}
+    assert batch_unit_locations(iv, {"input_ids": 0}) is None
+
+
+def test_train_alignment_learns_and_anneals_the_temperature():
+    model = _relu_mlp()
+    iv = pv.IntervenableModel({"layer": 0, "component": "block_output", "intervention_type": pv.BoundlessRotatedSpaceIntervention}, model)
+    data = _batches([16] * 6)
+    with torch.no_grad():  # target: the source's own prediction, reachable by swapping everything
+        for b in data:
+            b["labels"] = model(inputs_embeds=b["source_input_ids"]).logits.argmax(-1)
+    inter = iv.interventions[iv.sorted_keys[0]]
+    beta0 = inter.intervention_boundaries.item()
+    before = iv.eval_alignment(data, lambda lg, y: {"acc": (lg.argmax(-1) == y).float().mean()}, input_key="inputs_embeds", progress=False)
+    hist = iv.train_alignment(data, lambda lg, y: F.cross_entropy(lg, y), None, None, lr=0.05, epochs=4,
+                              input_key="inputs_embeds", progress=False, gradient_accumulation_steps=2)
+    after = iv.eval_alignment(data, lambda lg, y: {"acc": (lg.argmax(-1) == y).float().mean()}, input_key="inputs_embeds", progress=False)
+    assert len(hist["loss"]) == 4 * 3  # 6 batches / accumulation 2, 4 epochs
+    assert float(inter.temperature) == pytest.approx(0.1, abs=1e-6)
+    assert inter.intervention_boundaries.item() > beta0
+    assert after["acc"] > before["acc"] and after["acc"] >= 0.9
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_eval_alignment_is_a_batch_weighted_average_and_restores_modes():
+    model = _relu_mlp()
+    iv = pv.IntervenableModel([{"layer": 0, "component": "block_output"}, {"layer": 1, "component": "block_output"}], model)
+    data = _batches([4, 2], n_src=2)
+    iv.train()
+    res = iv.eval_alignment(train_dataloader=data, compute_metrics=lambda lg, y: {"y": y.float().mean(), "l": lg[:, 0].mean()},
+                            input_key="inputs_embeds", progress=False)
+    assert iv.interventions.training
+    labels = torch.cat([b["labels"] for b in data]).float()
+    assert res["y"] == pytest.approx(float(labels.mean()))
+    with torch.no_grad():  # two groups: source g of each example is source_input_ids[:, g]
+        logits = torch.cat([iv({"inputs_embeds": b["input_ids"]}, [{"inputs_embeds": b["source_input_ids"][:, g]} for g in range(2)])[1].logits
+                            for b in data])
+    assert res["l"] == pytest.approx(float(logits[:, 0].mean()), abs=1e-6)
+
+
+def test_train_alignment_trains_the_model_after_enable_model_gradients():
+    model = _sigmoid_mlp()
+    iv = pv.IntervenableModel({"layer": 0, "component": "block_output", "intervention_type": pv.VanillaIntervention}, model)
+    with pytest.raises(pv.ConfigError, match="Nothing to train"):
+        iv.train_alignment(_batches([4]), lambda lg, y: F.cross_entropy(lg, y), None, None, progress=False)
+    iv.enable_model_gradients()
+    w0 = model.score.weight.detach().clone()
+    hist = iv.train_alignment(_batches([8] * 3), lambda lg, y: F.cross_entropy(lg, y), None, None, epochs=2,
+                              input_key="inputs_embeds", progress=False)
+    assert len(hist["loss"]) == 6 and all(math.isfinite(v) for v in hist["loss"])
+    assert not torch.equal(w0, model.score.weight)

@@ -229,6 +229,7 @@ class SweepRunner:
         if self._keep_one:
             extra["logits_to_keep"] = 1
         self.clean_acts: list[torch.Tensor | None] = [None] * len(self.sites)
+        self._differs: list[torch.Tensor | None] = [None] * len(self.sites)
         n_layers = len(self.layers) if self.stepping else 0
         self.layer_calls: list[Any] = [None] * n_layers
         self.layer_in: list[Any] = [None] * n_layers
@@ -285,10 +286,19 @@ class SweepRunner:
 
         def fn(mod, x, fire, args):
             if self.clean_acts[i] is None:
-                self.clean_acts[i] = make_view(x, site.view, site.n_heads)[: self.Bc].clone()
+                v = make_view(x, site.view, site.n_heads)
+                self.clean_acts[i] = v[: self.Bc].clone()
+                self._differs[i] = self._differ_mask(v[: self.Bc], v[self.Bc:], site.head_layout)
             return None
 
         return fn
+
+    @staticmethod
+    def _differ_mask(clean: torch.Tensor, base: torch.Tensor, heads: bool) -> torch.Tensor:
+        """Where restoring the clean value changes the base run: ``(seq,)`` (``(heads, seq)``)."""
+        ne = clean.expand_as(base) != base if clean.shape[0] != base.shape[0] else clean != base
+        lead = 3 if heads else 2
+        return ne.reshape(*ne.shape[:lead], -1).any(-1).any(0).cpu()
 
     def _recorder(self, j: int) -> Callable:
         def pre(mod, args, kwargs):
@@ -376,16 +386,25 @@ class SweepRunner:
         values = torch.empty(len(cells))
         if not cells:
             return values
+        # A patch whose clean value equals the base run's value (e.g. tokens before the first
+        # corrupted one, under causal attention) changes nothing: drop it, and do not compute
+        # cells left with no patch (they are the base run).
+        cells = [[p for p in cell if self._changes(p)] for cell in cells]
+        empty = [k for k, cell in enumerate(cells) if not cell]
+        if empty:
+            values[torch.as_tensor(empty)] = cell_values(self.base_logits.unsqueeze(0)).float().cpu()[0]
+        todo = [k for k, cell in enumerate(cells) if cell]
+        if not todo:
+            return values
         per_chunk = max(1, self.max_rows() // self.S)
         if self.stepping:
-            plans = [self._entry(cell) for cell in cells]
-            order = sorted(range(len(cells)), key=lambda k: plans[k][0])
+            plans = {k: self._entry(cells[k]) for k in todo}
+            order = sorted(todo, key=lambda k: plans[k][0])
             chunks = [order[i: i + per_chunk] for i in range(0, len(order), per_chunk)]
             n = len(self.layers)
             total = sum(n - plans[c[0]][0] + 1 for c in chunks)
         else:
-            order = list(range(len(cells)))
-            chunks = [order[i: i + per_chunk] for i in range(0, len(order), per_chunk)]
+            chunks = [todo[i: i + per_chunk] for i in range(0, len(todo), per_chunk)]
             total = len(chunks)
         from tqdm.auto import tqdm
 
@@ -398,6 +417,14 @@ class SweepRunner:
                     bar.update(1)
                 values[torch.as_tensor(chunk)] = vals.float().cpu()
         return values
+
+    def _changes(self, p: Patch) -> bool:
+        mask = self._differs[p.site]
+        if self.sites[p.site].head_layout:
+            if p.head is None or not 0 <= p.head < mask.shape[0]:
+                raise ConfigError(f"{self.site_refs[p.site][0]} is a head component: patches need a head index in range")
+            return bool(mask[p.head, p.token])
+        return bool(mask[p.token])
 
     def _entry(self, cell: Sequence[Patch]) -> tuple[int, list[Patch], list[Patch]]:
         """(layer where the cell's rows join, patches written into the joining state, patches
