@@ -466,10 +466,6 @@ def check_fired(ops: list[Op], what: str) -> None:
             )
 
 
-def run_pass(model: nn.Module, inputs: dict, extra: dict) -> Any:
-    return model(**inputs, **extra)
-
-
 def run_source_pass(model: nn.Module, inputs: dict, ops: list[Op], plan: CallPlan, protected: set[int], early_stop: bool) -> None:
     stop = [0] if early_stop else None
     with HookSession(model) as session:

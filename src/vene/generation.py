@@ -56,7 +56,7 @@ from .errors import ConfigError, LocationError, SourceError
 from .hooks import HookSession
 from .locations import Loc, _expand, _per_key, _rows
 
-STEP_ALIASES = ("prompt", "generated", "all")
+STEP_ALIASES = ("prompt", "generated")
 
 
 @dataclass
@@ -375,7 +375,7 @@ def generate(
     protected = pvm._protected(base, *plan.sources)
     pvm.full_intervention_outputs = plan.full_outputs
     pvm._run_sources(plan, groups_used, protected)
-    ops = pvm._ops(plan, {}, {plan.n_groups: None}, "setters")
+    ops = pvm._ops(plan, {}, {plan.n_groups: None})
     for op in ops:
         op.gate = gates[op.spec.key]
     handle = model.register_forward_pre_hook(counter, with_kwargs=True)

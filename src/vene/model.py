@@ -486,8 +486,9 @@ class IntervenableModel(SerializationMixin, nn.Module):
         return original, intervened
 
     # -- execution strategies ------------------------------------------------------------------
-    def _ops(self, plan: CallPlan, getter_rows: dict[int, slice | None], target_rows: dict[int, slice | None], which: str) -> list[Op]:
-        """Ops in key order. ``which``: 'all', or 'getters:g' / 'setters:t' for separate passes."""
+    def _ops(self, plan: CallPlan, getter_rows: dict[int, slice | None], target_rows: dict[int, slice | None]) -> list[Op]:
+        """Ops in key order: getters of the groups in ``getter_rows`` (reading those rows) and
+        setters whose target group is in ``target_rows`` (writing those rows)."""
         ops: list[Op] = []
         for i, s in enumerate(plan.specs):
             if not plan.active[i]:
@@ -540,7 +541,7 @@ class IntervenableModel(SerializationMixin, nn.Module):
                 inputs[k] = v
         if self._uses_cache_flag and "use_cache" not in extra:
             extra = dict(extra, use_cache=False)
-        ops = self._ops(plan, getter_rows, target_rows, "all")
+        ops = self._ops(plan, getter_rows, target_rows)
         with HookSession(self.model) as session:
             engine.install(session, self.model, ops, plan, set())
             out = self.model(**inputs, **extra)
@@ -565,7 +566,7 @@ class IntervenableModel(SerializationMixin, nn.Module):
             original = self.model(**base, **extra)
         protected = self._protected(base, *plan.sources)
         self._run_sources(plan, groups_used, protected)
-        ops = self._ops(plan, {}, {plan.n_groups: None}, "setters")
+        ops = self._ops(plan, {}, {plan.n_groups: None})
         with HookSession(self.model) as session:
             engine.install(session, self.model, ops, plan, protected)
             out = self.model(**base, **extra)
@@ -581,7 +582,7 @@ class IntervenableModel(SerializationMixin, nn.Module):
                 src = plan.sources[g]
                 if src is None:
                     continue
-                ops = self._ops(plan, {g: None}, {g: None}, "serial")
+                ops = self._ops(plan, {g: None}, {g: None})
                 if not any(not op.setter for op in ops):
                     continue
                 grad = torch.enable_grad() if torch.is_grad_enabled() else torch.no_grad()
@@ -593,7 +594,7 @@ class IntervenableModel(SerializationMixin, nn.Module):
             for g in groups_used:
                 by_source.setdefault(id(plan.sources[g]), []).append(g)
             for gs in by_source.values():
-                ops = self._ops(plan, {g: None for g in gs}, {}, "getters")
+                ops = self._ops(plan, {g: None for g in gs}, {})
                 ctx = torch.no_grad() if no_grad else torch.enable_grad() if torch.is_grad_enabled() else torch.no_grad()
                 with ctx:
                     engine.run_source_pass(self.model, plan.sources[gs[0]], ops, plan, protected, early)
