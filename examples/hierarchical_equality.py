@@ -1,20 +1,29 @@
 """Distributed alignment search (DAS) on the hierarchical-equality task, offline, on CPU.
 
 Task: inputs are four entity vectors ``W, X, Y, Z``; ``WX = (W == X)``, ``YZ = (Y == Z)`` and the
-output ``O = (WX == YZ)``. The high-level causal model (a :class:`vene.CausalModel`) generates the
-data. We
+output ``O = (WX == YZ)``. The high-level causal model (a :class:`vene.CausalModel`) generates every
+dataset. We
 
-1. train a small MLP (``vene.create_mlp_classifier``) on factual examples;
+1. train a small MLP (``vene.create_mlp_classifier``: 3 ReLU layers) on factual examples;
 2. for every hidden layer, train DAS: two *linked* :class:`vene.RotatedSpaceIntervention` s at that
-   layer, sharing one learned rotation whose ``subspace_partition`` gives WX one block of rotated
-   dimensions and YZ another. The first intervention copies the WX block from a source, the second
-   the YZ block from another source; training targets are the causal model's counterfactual
-   outputs;
+   layer share one learned rotation whose ``subspace_partition`` gives WX the first half of the
+   rotated dimensions and YZ the second half. The first intervention copies the WX half from a
+   source, the second the YZ half from another source (batches intervene on WX, on YZ, or on both);
+   the targets are the causal model's counterfactual outputs;
 3. report the interchange intervention accuracy (IIA) on held-out counterfactuals per layer, next to
-   a linear-probe baseline (how well a linear classifier decodes WX and YZ from the layer: probes
-   read information, IIA tests whether the network *uses* it).
+   a linear-probe baseline (how well a linear classifier decodes WX and YZ from the layer). Probes
+   read information; IIA tests whether the network *uses* it the way the causal model says.
 
-Run: ``python examples/hierarchical_equality.py`` (about a minute on two CPU cores).
+Setup choices (they make the network's solution reliably modular, so the alignment exists to be
+found; with fewer training examples or no weight decay, the first layer sometimes entangles the two
+pairs and IIA there drops to 0.6-0.95 depending on the seed): entities are drawn from a pool of
+10,000 random vectors (so the network must learn equality, not memorise identities); the built-in
+MLP has one width, so the 16 input features are zero-padded to 32 to give the hidden layers slack;
+the MLP is trained with AdamW (weight decay 0.1) on 80,000 examples.
+
+Typical result (seeds 0-3): IIA 1.00 at layer 0 (where the MLP computes WX and YZ), about 0.4-0.65 at
+layers 1 and 2, where the probes still decode WX and YZ almost perfectly at layer 1.
+Run: ``python examples/hierarchical_equality.py`` (about 20-30 s on one CPU core).
 """
 from __future__ import annotations
 
@@ -36,8 +45,8 @@ class Settings:
     n_entities: int = 10_000  # the pool of random entity vectors
     n_layer: int = 3
     weight_decay: float = 0.1
-    mlp_train: int = 40_000  # factual examples drawn from the causal model
-    mlp_epochs: int = 25
+    mlp_train: int = 80_000  # factual examples drawn from the causal model
+    mlp_epochs: int = 30
     das_train: int = 12_000  # counterfactual examples
     das_test: int = 2_000
     das_epochs: int = 6

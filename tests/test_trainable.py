@@ -562,3 +562,24 @@ def test_train_alignment_trains_the_model_after_enable_model_gradients():
                               input_key="inputs_embeds", progress=False)
     assert len(hist["loss"]) == 6 and all(math.isfinite(v) for v in hist["loss"])
     assert not torch.equal(w0, model.score.weight)
+
+
+@pytest.mark.parametrize("keep_last_dim", [True, False])
+def test_head_units_concatenate_heads_like_pyvene(gpt2, keep_last_dim):
+    """(batch, heads, pos, dh) selections act on concatenated heads: a hard mask covering the first
+    selected head's features equals interchanging that head alone."""
+    dh = D // 4
+    mask = pv.SigmoidMaskIntervention(embed_dim=2 * dh, keep_last_dim=keep_last_dim)
+    with torch.no_grad():
+        mask.mask.copy_(torch.cat([torch.full((dh,), 1.0), torch.full((dh,), -1.0)]))
+    mask.set_temperature(1e-4)
+    comp = {"layer": 1, "component": "head_attention_value_output", "unit": "h.pos", "max_number_of_units": 2}
+    iv = pv.IntervenableModel(dict(comp, intervention=mask), gpt2)
+    ref = pv.IntervenableModel(dict(comp, intervention_type=pv.VanillaIntervention), gpt2)
+    base, src = tm.ids(B, 6, 1), tm.ids(B, 6, 2)
+    heads, pos = [[1, 3]] * B, [[0, 2, 5]] * B
+    with torch.no_grad():
+        _, out = iv(base, [src], {"sources->base": ([[heads, pos]], [[heads, pos]])})
+        _, want = ref(base, [src], {"sources->base": ([[[[1]] * B, pos]], [[[[1]] * B, pos]])})
+    torch.testing.assert_close(out.last_hidden_state, want.last_hidden_state)
+    assert not torch.allclose(want.last_hidden_state, gpt2(**base).last_hidden_state)

@@ -2,7 +2,7 @@
 
     vene trace "The Eiffel Tower is located in the city of" --answer " Paris" --out out/trace
     vene patch "The Eiffel Tower is in the city of" "The Colosseum is in the city of" --out out/patch
-    vene steer "Once upon a time there was a" --word " happy" --scale 4
+    vene steer "Once upon a time there was a" --word " happy" --scale 1.2
 
 Every command runs offline on the embedded SmolLM2-135M-Instruct unless ``--model`` names a local
 directory, a ``.gguf`` file or a model in the local Hugging Face cache.
@@ -123,7 +123,8 @@ def cmd_patch(args: argparse.Namespace) -> int:
     _write_json(out / "patch.json", data)
     wrote = [str(out / "patch.json")]
     if not args.no_plot:
-        result.plot().savefig(out / "patch.png", dpi=args.dpi)
+        normalize = result.clean_metric != result.corrupted_metric
+        result.plot(normalize=normalize).savefig(out / "patch.png", dpi=args.dpi)
         wrote.insert(0, str(out / "patch.png"))
     desc = {"logit_diff": f"logit({tok.decode([answer])!r}) - logit({tok.decode([wrong])!r})",
             "prob": f"p({tok.decode([answer])!r})", "logprob": f"log p({tok.decode([answer])!r})"}[args.metric]
@@ -230,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("steer", help="the pyvene paper's Fig. 1: add a word embedding to every layer while generating")
     s.add_argument("prompt", nargs="?", default=STEER_PROMPT, help=f"prompt (default: {STEER_PROMPT!r})")
     s.add_argument("--word", default=" happy", help="steering word (default ' happy')")
-    s.add_argument("--scale", type=float, default=4.0, help="coefficient of the word embedding (default 4)")
+    s.add_argument("--scale", type=float, default=1.2, help="coefficient of the word embedding (default 1.2; from about 2 on SmolLM2 repeats the word)")
     s.add_argument("--component", default="mlp_output")
     s.add_argument("--layers", default="all", help="comma-separated layers or 'all'")
     s.add_argument("--max-new-tokens", type=int, default=40)

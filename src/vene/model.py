@@ -25,6 +25,7 @@ from .interventions import (
 )
 from .locations import normalise_subspaces, normalise_unit_locations
 from .serialization import SerializationMixin
+from . import training
 from .training.guards import check_gradient_checkpointing
 
 logger = logging.getLogger(__name__)
@@ -288,19 +289,16 @@ class IntervenableModel(SerializationMixin, nn.Module):
 
     def set_temperature(self, temp: Any) -> None:
         """Set the temperature of every annealed intervention (boundless, sigmoid masks)."""
-        for iv in {id(v): v for v in self.interventions.values()}.values():
-            if callable(getattr(iv, "set_temperature", None)):
-                iv.set_temperature(temp)
+        for iv in training.annealed_interventions(self):
+            iv.set_temperature(temp)
 
     def train_alignment(self, *args: Any, **kwargs: Any) -> Any:
         """pyvene's training loop: :func:`vene.training.train_alignment` on this model."""
-        from .training import train_alignment
-        return train_alignment(self, *args, **kwargs)
+        return training.train_alignment(self, *args, **kwargs)
 
     def eval_alignment(self, *args: Any, **kwargs: Any) -> Any:
         """pyvene's evaluation loop: :func:`vene.training.eval_alignment` on this model."""
-        from .training import eval_alignment
-        return eval_alignment(self, *args, **kwargs)
+        return training.eval_alignment(self, *args, **kwargs)
 
     def set_zero_grad(self) -> None:
         for iv in self.interventions.values():

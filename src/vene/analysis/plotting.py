@@ -123,7 +123,9 @@ def plot_causal_trace(result: Any, components: Sequence[str] | None = None, figs
 def plot_patching(result: Any, components: Sequence[str] | None = None, normalize: bool = False,
                   figsize: tuple[float, float] | None = None):
     """Activation-patching grids: positions down, layers across (one panel per component); head
-    components get one (heads x layers) panel per patched position."""
+    components get one (heads x layers) panel per patched position. The colour scale is centred
+    on the corrupted run (white: no effect); ``normalize=True`` plots (score - corrupted) /
+    (clean - corrupted)."""
     scores = result.normalized() if normalize else result.scores
     comps = list(components) if components is not None else list(scores)
     panels = []
@@ -145,10 +147,14 @@ def plot_patching(result: Any, components: Sequence[str] | None = None, normaliz
     width = max(3.5, 0.12 * len(result.layers) + 2.5)
     fig = _figure(figsize or (width * len(panels), max(2.5, 0.3 * n_rows_max + 1.3)))
     label = "normalised metric" if normalize else "metric"
+    # white = no effect (the corrupted run's value); red = towards and beyond the clean run
+    center = 0.0 if normalize else float(result.corrupted_metric)
     for k, (title, grid, rows, ylabel) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), k + 1)
-        lim = float(grid.abs().max()) or 1.0
+        lim = float((grid - center).abs().max()) or 1.0
+        if normalize:
+            lim = max(lim, 1.0)
         draw_heatmap(ax, grid, rows, [str(l) for l in result.layers], title=f"Patching {title}",
-                     xlabel="layer", ylabel=ylabel if k == 0 else None, cmap="RdBu_r", vmin=-lim, vmax=lim,
-                     colorbar_label=label)
+                     xlabel="layer", ylabel=ylabel if k == 0 else None, cmap="RdBu_r", vmin=center - lim,
+                     vmax=center + lim, colorbar_label=label)
     return fig

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -143,6 +144,11 @@ class SweepRunner:
         if strategy not in ("auto", "step", "forward"):
             raise ConfigError(f"strategy must be 'auto', 'step' or 'forward', not {strategy!r}.")
         self.model = model
+        if model.training:
+            warnings.warn(
+                "The model is in training mode, so dropout makes every restoration random; call model.eval() first.",
+                stacklevel=3,
+            )
         self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
         self.clean = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in clean.items()}
         self.base = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in base.items()}

@@ -86,11 +86,14 @@ def _need_rank(iv: Intervention, kwargs: dict, name: str = "low_rank_dimension")
     return int(r)
 
 
-def _fit(x: torch.Tensor, n: int, iv: Intervention) -> tuple[torch.Tensor, torch.Size | None]:
-    """View ``x`` with a last dimension of ``n`` (see the module docstring)."""
+def _fit(x: torch.Tensor, n: int, iv: Intervention) -> tuple[torch.Tensor, Any]:
+    """View ``x`` with a last dimension of ``n`` (see the module docstring); returns the view and
+    what :func:`_unfit` needs to restore the layout."""
     d = x.shape[-1]
     if d == n:
         return x, None
+    if x.dim() == 4 and x.shape[1] * d == n:  # (b, heads, pos, dh): concatenate heads, as pyvene
+        return x.permute(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], n), ("heads", x.shape)
     if x.dim() >= 3 and x.shape[-2] * d == n:
         return x.reshape(*x.shape[:-2], n), x.shape
     if d % n == 0:
@@ -103,8 +106,13 @@ def _fit(x: torch.Tensor, n: int, iv: Intervention) -> tuple[torch.Tensor, torch
     )
 
 
-def _unfit(y: torch.Tensor, shape: torch.Size | None) -> torch.Tensor:
-    return y if shape is None else y.reshape(shape)
+def _unfit(y: torch.Tensor, shape: Any) -> torch.Tensor:
+    if shape is None:
+        return y
+    if isinstance(shape, tuple) and shape and shape[0] == "heads":
+        b, h, p, d = shape[1]
+        return y.reshape(b, p, h, d).permute(0, 2, 1, 3)
+    return y.reshape(shape)
 
 
 def _is_default_interchange(iv: Intervention) -> bool:
@@ -398,10 +406,12 @@ class AutoencoderIntervention(TrainableIntervention):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         n = _need_embed_dim(self, kwargs)
-        name = "latent_dim" if kwargs.get("latent_dim") is not None else "low_rank_dimension"
-        self.latent_dim = _need_rank(self, kwargs, name) if kwargs.get(name) is not None else None
-        if self.latent_dim is None:
-            raise ConfigError("AutoencoderIntervention needs latent_dim=<int> (or low_rank_dimension).")
+        if kwargs.get("latent_dim") is None and kwargs.get("low_rank_dimension") is None:
+            raise ConfigError(
+                "AutoencoderIntervention needs latent_dim=<int> (or low_rank_dimension in the "
+                "RepresentationConfig): the number of autoencoder latents."
+            )
+        self.latent_dim = _need_rank(self, kwargs, "latent_dim" if kwargs.get("latent_dim") is not None else "low_rank_dimension")
         self.preserve_error = bool(kwargs.get("preserve_error", True))
         self.autoencoder = AutoencoderLayer(n, self.latent_dim)
 
