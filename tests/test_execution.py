@@ -379,3 +379,16 @@ def test_module_usable_inside_other_modules(gpt2):
     y = head(tm.ids(1, 6, 1), [tm.ids(1, 6, 2)], {"sources->base": 3})
     assert y.shape == (1, 6, 1)
     assert any(p is head.fc.weight for p in head.parameters())
+
+
+def test_collect_keeps_values_before_a_later_write_at_the_same_site(gpt2):
+    base = tm.ids(1, 6, 1)
+    cfg = pv.IntervenableConfig([
+        {"layer": 1, "component": "block_output", "intervention_type": pv.CollectIntervention},
+        {"layer": 1, "component": "block_output", "intervention_type": pv.ZeroIntervention}])
+    pvm = pv.IntervenableModel(cfg, model=gpt2)
+    expected = tm.capture(gpt2, gpt2.h[1], base)[:, 2:4]
+    for locs in ({"base": [2, 3]}, {"base": [[[2, 3]], [[2, 3]]]}):
+        with torch.no_grad():
+            (_, collected), _ = pvm(base, unit_locations=locs)
+        torch.testing.assert_close(collected[0], expected)

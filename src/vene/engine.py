@@ -114,6 +114,8 @@ def _gather(v: torch.Tensor, loc: Loc | None, spec: KeySpec, side: str) -> torch
     if idx2 is None:
         if loc.batch != v.shape[0]:
             raise LocationError(f"{spec.key}: {side} locations cover {loc.batch} examples but the batch has {v.shape[0]}.")
+        if loc.span is not None:
+            return v.narrow(1, loc.span[0], loc.span[1])  # a view: callers copy when they keep it
         if loc.shared:
             return v.index_select(1, idx)
         return v[b, idx]
@@ -138,7 +140,11 @@ def _scatter(v: torch.Tensor, loc: Loc | None, new: torch.Tensor) -> None:
         return
     idx, idx2, b = loc.on(v.device)
     if idx2 is None:
-        if loc.shared:
+        if loc.span is not None:
+            dst = v.narrow(1, loc.span[0], loc.span[1])
+            if new.data_ptr() != dst.data_ptr():
+                dst.copy_(new)
+        elif loc.shared:
             v.index_copy_(1, idx, new)
         else:
             v[b, idx] = new
@@ -373,8 +379,8 @@ def make_hook(ops: list[Op], plan: CallPlan, protected: set[int], stop_after: li
                     _time_get(op, v, fire, plan)
                     continue
                 sel = _gather(v, op.loc, spec, "source")
-                if op.loc is None:
-                    sel = sel.clone()
+                if op.loc is None or op.loc.span is not None:
+                    sel = sel.clone()  # a view of the live tensor: keep a copy
                 plan.acts[spec.key] = _flatten_feats(sel, spec, 3 if op.loc is not None and op.loc.two_level else 2)
                 continue
             loc, mask, trows = op.loc, None, None
@@ -410,6 +416,8 @@ def make_hook(ops: list[Op], plan: CallPlan, protected: set[int], stop_after: li
             mi = _module_input(spec, args, op, sel, loc) if getattr(spec.intervention, "uses_module_input", False) else None
             new = _call_intervention(spec, sel, source, op.subspaces, plan, args, mi)
             if spec.is_collect:
+                if isinstance(new, torch.Tensor) and new.untyped_storage().data_ptr() == y.untyped_storage().data_ptr():
+                    new = new.clone()  # a view of the live tensor: later writes must not change it
                 plan.collected.setdefault(spec.key, []).append(new if mask is None else _collect_masked(new, mask))
                 continue
             if not isinstance(new, torch.Tensor):

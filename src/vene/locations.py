@@ -41,7 +41,7 @@ def batch_index(batch: int, device: torch.device) -> torch.Tensor:
 class Loc:
     """Index tensors of one intervention on one side (source or base)."""
 
-    __slots__ = ("idx", "idx2", "max1", "max2", "batch", "shared", "_dev")
+    __slots__ = ("idx", "idx2", "max1", "max2", "batch", "shared", "span", "_dev")
 
     def __init__(self, idx: torch.Tensor, idx2: torch.Tensor | None, max1: int, max2: int, shared: bool = False) -> None:
         self.idx = idx
@@ -51,6 +51,12 @@ class Loc:
         self.batch = idx.shape[0]
         #: every example selects the same units (decided per call, never sticky)
         self.shared = shared and idx2 is None
+        #: (start, length) when the shared units are consecutive: read and written as a slice view
+        self.span: tuple[int, int] | None = None
+        if self.shared:
+            row = idx[0].tolist()
+            if row == list(range(row[0], row[0] + len(row))):
+                self.span = (row[0], len(row))
         self._dev: dict = {}
 
     @property
