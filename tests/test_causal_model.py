@@ -612,9 +612,32 @@ def test_print_structure_text(capsys):
     text = model.print_structure(as_text=True, show=False)
     assert "t=1: WX <- (W, X); YZ <- (Y, Z)" in text
     assert capsys.readouterr().out == ""
+    text = model.print_structure(as_text=True)  # default: return, do not print
+    assert "t=1: WX <- (W, X); YZ <- (Y, Z)" in text
+    assert capsys.readouterr().out == ""
     text = model.print_setting(model.run_forward(), display={"W": False}, as_text=True)
     assert "WX: True" in text and "W <-" not in text
+    assert capsys.readouterr().out == ""
+    shown = model.print_setting(model.run_forward(), display={"W": False}, as_text=True, show=True)
+    assert shown == text
     assert capsys.readouterr().out.strip() == text
+
+
+def test_print_structure_without_matplotlib_returns_text(monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("no matplotlib")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    model = equality_model()
+    text = model.print_structure()
+    assert isinstance(text, str) and "O <- (WX, YZ)" in text
+    assert capsys.readouterr().out == ""
 
 
 def test_print_structure_figure():
