@@ -24,8 +24,8 @@ from .interventions import (
     NoiseIntervention,
 )
 from .locations import normalise_subspaces, normalise_unit_locations
+from .model_helpers import ParameterHelpersMixin
 from .serialization import SerializationMixin
-from . import training
 from .training.guards import check_gradient_checkpointing
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def _select_rows(obj: Any, rows: slice, total: int) -> Any:
     return obj
 
 
-class IntervenableModel(SerializationMixin, nn.Module):
+class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
     """A model plus a set of interventions.
 
     ``IntervenableModel(config, model)``: ``config`` is an :class:`IntervenableConfig`, or anything
@@ -227,82 +227,6 @@ class IntervenableModel(SerializationMixin, nn.Module):
             return None
         with torch.no_grad():
             return float(weight.float().std())
-
-    # -- pyvene-compatible helpers -------------------------------------------------------------
-    def get_device(self) -> torch.device:
-        for p in self.model.parameters():
-            return p.device
-        return torch.device("cpu")
-
-    def set_device(self, device: Any, set_model: bool = True) -> None:
-        for iv in self.interventions.values():
-            iv.to(device)
-        if set_model:
-            self.model.to(device)
-
-    def enable_model_gradients(self) -> None:
-        """Train the wrapped model too (interchange intervention training)."""
-        self.model.train()
-        for p in self.model.parameters():
-            p.requires_grad_(True)
-        self.model_has_grad = True
-
-    def disable_model_gradients(self) -> None:
-        """Freeze the wrapped model and put it in eval mode."""
-        self.model.eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.model_has_grad = False
-
-    def disable_intervention_gradients(self) -> None:
-        for iv in self.interventions.values():
-            for p in iv.parameters():
-                p.requires_grad_(False)
-
-    def get_trainable_parameters(self) -> list[nn.Parameter]:
-        """Intervention parameters (each once, linked ones too), plus the model's when enabled."""
-        seen: set[int] = set()
-        out = []
-        for iv in self.interventions.values():
-            for p in iv.parameters():
-                if p.requires_grad and id(p) not in seen:
-                    seen.add(id(p))
-                    out.append(p)
-        if self.model_has_grad:
-            for p in self.model.parameters():
-                if p.requires_grad and id(p) not in seen:
-                    seen.add(id(p))
-                    out.append(p)
-        return out
-
-    def count_parameters(self, include_model: bool = False) -> int:
-        seen: set[int] = set()
-        total = 0
-        for iv in self.interventions.values():
-            for p in iv.parameters():
-                if p.requires_grad and id(p) not in seen:
-                    seen.add(id(p))
-                    total += p.numel()
-        if include_model:
-            total += sum(p.numel() for p in self.model.parameters() if p.requires_grad and id(p) not in seen)
-        return total
-
-    def set_temperature(self, temp: Any) -> None:
-        """Set the temperature of every annealed intervention (boundless, sigmoid masks)."""
-        for iv in training.annealed_interventions(self):
-            iv.set_temperature(temp)
-
-    def train_alignment(self, *args: Any, **kwargs: Any) -> Any:
-        """pyvene's training loop: :func:`vene.training.train_alignment` on this model."""
-        return training.train_alignment(self, *args, **kwargs)
-
-    def eval_alignment(self, *args: Any, **kwargs: Any) -> Any:
-        """pyvene's evaluation loop: :func:`vene.training.eval_alignment` on this model."""
-        return training.eval_alignment(self, *args, **kwargs)
-
-    def set_zero_grad(self) -> None:
-        for iv in self.interventions.values():
-            iv.zero_grad()
 
     def __repr__(self) -> str:
         lines = [f"IntervenableModel(mode={self.mode!r}, model={type(self.model).__name__}, interventions=["]
