@@ -127,21 +127,14 @@ class CollectIntervention(ConstantSourceIntervention):
         return base if k is None else base[..., :k]
 
 
-class SkipIntervention(LocalistRepresentationIntervention, BasisAgnosticIntervention):
+class SkipIntervention(VanillaIntervention, BasisAgnosticIntervention):
     """Replaces a module's output by the source run's *input* of the same module.
 
-    Run it with ``sources=[base]`` to skip the module (its output becomes its input).
+    Run it with ``sources=[base]`` to skip the module (its output becomes its input). The math is
+    the interchange of :class:`VanillaIntervention`; only where the source is read differs.
     """
 
     source_from_input = True
-
-    def __init__(self, **kwargs: Any) -> None:
-        Intervention.__init__(self, **kwargs)
-
-    def forward(self, base, source=None, subspaces=None):
-        src = _source(self, base, source)
-        m = _mask(self, base, subspaces)
-        return src.clone() if m is None else torch.where(m, src, base)
 
 
 class NoiseIntervention(LocalistRepresentationIntervention, ConstantSourceIntervention):
