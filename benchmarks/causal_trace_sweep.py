@@ -148,8 +148,8 @@ def pyvene_style(pv, model, ids, answer, noise):
     return grid, p_clean, p_corr
 
 
-def nnsight_style(lm, ids, answer, noise):
-    n, seq = lm._model.config.num_hidden_layers, ids.shape[1]
+def nnsight_style(lm, n, ids, answer, noise):
+    seq = ids.shape[1]
     saved = []
     with lm.trace(ids):
         for l in range(n):
@@ -213,6 +213,7 @@ def main() -> None:
     variants = {
         "hand hooks, batched per layer": lambda: hand_hooks(model, ids, answer, noise),
         "vene causal_trace (layer stepping)": lambda: vene_trace(model, tok, ids, answer, noise),
+        "vene causal_trace, strategy='step' (no prefix reuse)": lambda: vene_trace(model, tok, ids, answer, noise, "step"),
         "vene causal_trace, strategy='forward'": lambda: vene_trace(model, tok, ids, answer, noise, "forward"),
         "pyvene-style code on vene (per layer, source_representations)": lambda: pyvene_style(pv_vene, model, ids, answer, noise),
     }
@@ -228,7 +229,7 @@ def main() -> None:
             from nnsight import LanguageModel
 
             lm = LanguageModel(copy.deepcopy(model), tokenizer=tok)
-            variants["nnsight (one trace per layer, batch 10)"] = lambda: nnsight_style(lm, ids, answer, noise)
+            variants["nnsight (one trace per layer, batch 10)"] = lambda: nnsight_style(lm, model.config.num_hidden_layers, ids, answer, noise)
         else:
             skipped.append("nnsight")
         if importlib.util.find_spec("transformer_lens") is not None:
@@ -240,32 +241,42 @@ def main() -> None:
         else:
             skipped.append("transformer_lens")
 
-    grids, times = {}, {k: [] for k in variants}
+    grids, times, cpu = {}, {k: [] for k in variants}, {k: [] for k in variants}
     with torch.no_grad():
-        for name, fn in variants.items():  # warm-up
-            grids[name] = fn()
+        for name, fn in list(variants.items()):  # warm-up; a peer library that fails is reported, not fatal
+            try:
+                grids[name] = fn()
+            except Exception as err:  # noqa: BLE001
+                if name.startswith(("hand", "vene")):
+                    raise
+                skipped.append(f"{name} (failed: {type(err).__name__}: {err})")
+                del variants[name], times[name], cpu[name]
         for _ in range(args.reps):
             for name, fn in variants.items():
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 fn()
                 times[name].append(time.perf_counter() - t)
+                cpu[name].append(time.process_time() - c)
 
     ref_name = "hand hooks, batched per layer"
     ref = statistics.median(times[ref_name])
+    ref_cpu = statistics.median(cpu[ref_name])
     ref_grid, p_clean, p_corr = grids[ref_name]
     print(f"causal-trace sweep, SmolLM2-135M, 30 layers x 10 positions, block_output, 1 noise sample; "
           f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} (shared machine)")
-    print(f"p_clean = {p_clean:.4f}, p_corrupted = {p_corr:.4f}")
-    print(f"{'variant':66s} {'median s':>9s} {'runs':>20s} {'/ hand':>7s} {'max |grid diff|':>16s}")
+    print(f"p_clean = {p_clean:.4f}, p_corrupted = {p_corr:.4f}; wall time = median of {args.reps} round-robin runs "
+          f"after a warm-up, cpu = process CPU time (both threads; less sensitive to other users of the machine)")
+    print(f"{'variant':66s} {'median s':>9s} {'runs':>24s} {'/ hand':>7s} {'cpu s':>7s} {'/ hand':>7s} {'max |grid diff|':>16s}")
     ok = True
     for name in variants:
         med = statistics.median(times[name])
         diff = float((grids[name][0].float() - ref_grid).abs().max())
         ok &= diff <= 1e-4
         runs = ", ".join(f"{t:.2f}" for t in times[name])
-        print(f"{name:66s} {med:9.2f} {runs:>20s} {med / ref:7.2f} {diff:16.2e}")
+        c = statistics.median(cpu[name])
+        print(f"{name:66s} {med:9.2f} {runs:>24s} {med / ref:7.2f} {c:7.2f} {c / ref_cpu:7.2f} {diff:16.2e}")
     if skipped:
-        print("not installed, skipped: " + ", ".join(skipped))
+        print("skipped (not installed or failed): " + ", ".join(skipped))
     print("all grids equal within 1e-4" if ok else "GRIDS DIFFER by more than 1e-4")
     sys.exit(0 if ok else 1)
 

@@ -84,7 +84,7 @@ def gpt2_lm4():
 
 
 @pytest.mark.parametrize("which", ["llama", "gpt2"])
-@pytest.mark.parametrize("strategy", ["auto", "forward"])
+@pytest.mark.parametrize("strategy", ["auto", "step", "forward"])
 def test_causal_trace_equals_naive_loop(which, strategy, llama_lm, gpt2_lm4):
     model = llama_lm if which == "llama" else gpt2_lm4
     ids = tiny_models.ids(seq=6, seed=3)["input_ids"]
@@ -94,7 +94,7 @@ def test_causal_trace_equals_naive_loop(which, strategy, llama_lm, gpt2_lm4):
     comps = ("block_output", "mlp_output", "attention_output")
     res = causal_trace(model, None, ids, answer, subject=[1, 2], components=comps, window=3, noise=noise,
                        progress=False, strategy=strategy)
-    assert res.extra["strategy"] == ("step" if strategy == "auto" else "forward")
+    assert res.extra["strategy"] == {"auto": "step+prefix", "step": "step", "forward": "forward"}[strategy]
     assert res.samples == 3 and res.subject_positions == [1, 2] and res.window == {"block_output": 1, "mlp_output": 3, "attention_output": 3}
     for comp in comps:
         w = 1 if comp == "block_output" else 3
@@ -136,7 +136,7 @@ def test_chunking_and_one_recording_pass(llama_lm):
     # the same seed gives the same noise; a different seed different noise
     again = causal_trace(llama_lm, None, ids, 3, subject=[0, 1], samples=2, noise=0.3, progress=False, components=("block_output",))
     other = causal_trace(llama_lm, None, ids, 3, subject=[0, 1], samples=2, noise=0.3, seed=5, progress=False, components=("block_output",))
-    assert torch.equal(again.scores["block_output"], big.scores["block_output"])
+    torch.testing.assert_close(again.scores["block_output"], big.scores["block_output"], atol=ATOL, rtol=0)
     assert not torch.allclose(other.scores["block_output"], big.scores["block_output"])
 
 
@@ -168,7 +168,7 @@ def test_activation_patching_equals_naive(llama_lm):
     metric = logit_diff(3, 9)
     res = activation_patching(llama_lm, clean, corr, metric, components=("block_output", "mlp_output", "head_attention_value_output"),
                               progress=False)
-    assert res.extra["strategy"] == "step"
+    assert res.extra["strategy"] == "step+prefix"
     layers = llama_lm.model.layers
     torch.testing.assert_close(res.scores["block_output"], naive_patching(llama_lm, clean, corr, metric, lambda l: layers[l], range(6)), atol=ATOL, rtol=0)
     torch.testing.assert_close(res.scores["mlp_output"], naive_patching(llama_lm, clean, corr, metric, lambda l: layers[l].mlp, range(6)), atol=ATOL, rtol=0)
@@ -188,13 +188,36 @@ def test_activation_patching_equals_naive(llama_lm):
     assert float(norm[-1, -1]) == pytest.approx(1.0, abs=1e-4)
 
 
+@pytest.mark.parametrize("which", ["llama", "gpt2"])
+def test_patching_with_left_padding(which, llama_lm, gpt2_lm4):
+    """Padded batches: the recorded masks are re-indexed and cut correctly for every row."""
+    model = llama_lm if which == "llama" else gpt2_lm4
+    layers, get = _parts(model)
+    clean = tiny_models.ids(batch=2, seq=6, seed=11)["input_ids"]
+    corr = tiny_models.ids(batch=2, seq=6, seed=12)["input_ids"]
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[0, :2] = 0
+    metric = logit_diff(5, 6)
+    res = activation_patching(model, {"input_ids": clean, "attention_mask": mask}, {"input_ids": corr, "attention_mask": mask},
+                              metric, components=("block_output",), progress=False)
+    assert res.extra["strategy"] in ("step+prefix", "step")
+    want = torch.empty(len(layers), 6)
+    with torch.no_grad():
+        for l in range(len(layers)):
+            act = capture(model, layers[l], {"input_ids": clean, "attention_mask": mask})
+            for p in range(6):
+                with hooked(layers[l], _restorer(act, p, rows=torch.arange(2))):
+                    want[l, p] = metric(model(input_ids=corr, attention_mask=mask).logits[:, -1]).mean()
+    torch.testing.assert_close(res.scores["block_output"], want, atol=ATOL, rtol=0)
+
+
 def test_patching_gpt2_forward_and_step_agree(gpt2_lm4):
     clean = tiny_models.ids(seq=5, seed=7)["input_ids"]
     corr = tiny_models.ids(seq=5, seed=8)["input_ids"]
     kw = dict(components=("attention_output", "head_attention_value_output"), positions=[1, 4], heads=[0, 2], progress=False)
     a = activation_patching(gpt2_lm4, clean, corr, logit_diff(1, 2), **kw)
     b = activation_patching(gpt2_lm4, clean, corr, logit_diff(1, 2), strategy="forward", **kw)
-    assert a.extra["strategy"] == "step" and b.extra["strategy"] == "forward"
+    assert a.extra["strategy"] == "step+prefix" and b.extra["strategy"] == "forward"
     assert a.scores["head_attention_value_output"].shape == (4, 2, 2)
     for c in a.scores:
         torch.testing.assert_close(a.scores[c], b.scores[c], atol=ATOL, rtol=0)
@@ -334,6 +357,22 @@ def test_cli_reports_bad_input(tiny_dir, tmp_path, capsys):
     rc = main(["trace", "The Eiffel Tower is located in the city of", "--subject", "Louvre", "--model", str(path),
                "--out", str(tmp_path), "--no-progress"])
     assert rc == 2 and "Louvre" in capsys.readouterr().err
+
+
+def test_cli_steer(tiny_dir, tmp_path, capsys):
+    """Scale 0 reproduces plain greedy generation; a large scale changes it."""
+    from vene.cli import main
+
+    path, _ = tiny_dir
+    outs = {}
+    for scale in ("0", "300"):
+        rc = main(["steer", "The Eiffel", "--word", "Paris", "--scale", scale, "--model", str(path),
+                   "--max-new-tokens", "6", "--out", str(tmp_path / scale)])
+        assert rc == 0
+        outs[scale] = json.loads((tmp_path / scale / "steer.json").read_text())
+    assert outs["0"]["steered"] == outs["0"]["original"]
+    assert outs["300"]["steered"] != outs["300"]["original"]
+    assert "steered:" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -246,10 +246,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from .errors import VeneError
+    from .models.embedded import EmbeddedModelNotInstalledError, ModelNotAvailableError
 
     try:
         return args.func(args)
-    except VeneError as err:
+    except (VeneError, ModelNotAvailableError, EmbeddedModelNotInstalledError) as err:
         print(f"vene {args.command}: {err}", file=sys.stderr)
         return 2
 

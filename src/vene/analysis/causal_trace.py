@@ -295,7 +295,8 @@ def causal_trace(
         layers: layers to sweep (default: all).
         progress: show a tqdm progress bar.
         memory_budget: bytes of activations per batched chunk (default 512 MiB).
-        strategy: "auto" (layer stepping when possible), "step" or "forward".
+        strategy: "auto" (layer stepping and prefix reuse where the replay checks pass), "step"
+            (layer stepping only) or "forward" (batched full forward passes).
     """
     if samples < 1:
         raise ConfigError(f"samples must be >= 1, got {samples}.")
@@ -376,5 +377,5 @@ def causal_trace(
         subject_positions=positions, p_clean=p_clean, p_corrupted=p_corr, scores=scores,
         layers=grid_layers, window=windows, noise_std=std, samples=samples,
         model_name=getattr(cfg, "_name_or_path", None) or type(model).__name__,
-        extra={"strategy": "step" if runner.stepping else "forward"},
+        extra={"strategy": runner.mode},
     )

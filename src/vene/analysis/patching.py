@@ -158,6 +158,9 @@ def activation_patching(
             position at once (one column).
         heads: heads swept for head components (default: all).
         layers: layers swept (default: all).
+        strategy: "auto" (layer stepping and prefix reuse where the replay checks pass), "step"
+            (layer stepping only) or "forward" (batched full forward passes).
+        memory_budget: bytes of activations per batched chunk (default 512 MiB).
     """
     if not callable(metric):
         raise ConfigError("metric must be a callable of the last-position logits (batch, vocab); see vene.analysis.logit_diff.")
@@ -224,5 +227,5 @@ def activation_patching(
         clean_metric=float(_reduce(metric(clean_logits))), corrupted_metric=float(_reduce(metric(runner.base_logits))),
         tokens=token_labels(tokenizer, ids_c) if tokenizer is not None else None,
         corrupted_tokens=token_labels(tokenizer, ids_k) if tokenizer is not None else None,
-        extra={"strategy": "step" if runner.stepping else "forward"},
+        extra={"strategy": runner.mode},
     )

@@ -19,11 +19,15 @@ How a sweep runs:
    the arguments each layer was called with.
 2. **The sweep**. In a cell whose first patch sits at layer ``L`` every layer below ``L`` computes
    exactly what it computed in the base run, so vene does not compute it again: cells are sorted
-   by the layer where they start, and a *layer-stepping runner* walks the layers once per chunk,
-   adding each cell's rows to the batch at its layer (from the recorded base state, with the
-   restored clean state written in) and running each layer on every row present. A restoration at
-   layer 20 of 30 costs 9 layer-steps of one row instead of a 30-layer forward pass. Only the last
-   position goes through the final norm and the output head. Chunks are sized to a memory budget.
+   by the layer where they start, and a *layer-stepping runner* (:mod:`vene.analysis.stepping`)
+   walks the layers once per chunk, adding each cell's rows to the batch at its layer (from the
+   recorded base state, with the restored clean state written in) and running each layer on every
+   row present. A restoration at layer 20 of 30 costs 9 layer-steps of one row instead of a
+   30-layer forward pass. Under causal attention a restoration at token ``t`` cannot change the
+   positions before ``t`` either, so cells are also grouped by their first patched token and only
+   positions ``t..`` are computed, attending to the recorded keys/values of the prefix. Only the
+   last position goes through the final norm and the output head. Chunks are sized to a memory
+   budget. Patches whose clean value equals the base value (nothing to restore) are dropped.
    Models that cannot be stepped (no layer list, or a replay check fails) run the same cells as
    plain batched forward passes, with the head on the last position only when the model accepts
    ``logits_to_keep``.
@@ -44,13 +48,13 @@ from torch import nn
 
 from ..components import Site, detect_architecture, get_module, make_view, resolve_site
 from ..errors import ConfigError, SourceError
-from ..hooks import HookSession, first_tensor, input_tensor
+from ..hooks import HookSession
+from .stepping import LayerStepper
 
 logger = logging.getLogger(__name__)
 
 #: Default memory budget (bytes) for the activations of one chunk of rows.
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
-_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm")
 
 
 @dataclass(frozen=True)
@@ -61,13 +65,6 @@ class Patch:
     site: int
     token: int
     head: int | None = None
-
-
-class _Hidden:
-    """Placeholder for the hidden-state argument in a recorded layer call."""
-
-
-_HIDDEN = _Hidden()
 
 
 def _accepts(fn: Any, name: str) -> bool:
@@ -106,16 +103,6 @@ def _cat_inputs(a: Mapping, b: Mapping) -> dict:
         else:
             out[k] = va if va is not None else vb
     return out
-
-
-def _map(obj: Any, fn: Callable[[Any], Any]) -> Any:
-    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-        return tuple(_map(v, fn) for v in obj)
-    if isinstance(obj, list):
-        return [_map(v, fn) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _map(v, fn) for k, v in obj.items()}
-    return fn(obj)
 
 
 class SweepRunner:
@@ -210,6 +197,13 @@ class SweepRunner:
                 return v
         return default
 
+    @property
+    def mode(self) -> str:
+        """How the sweep runs: "step+prefix", "step" or "forward" (see the module docstring)."""
+        if not self.stepping:
+            return "forward"
+        return "step+prefix" if self.stepper is not None and self.stepper.trim else "step"
+
     def max_rows(self) -> int:
         d = self._cfg("hidden_size", "n_embd", "d_model", default=1024)
         inter = self._cfg("intermediate_size", "n_inner", default=4 * d)
@@ -236,10 +230,8 @@ class SweepRunner:
             extra["logits_to_keep"] = 1
         self.clean_acts: list[torch.Tensor | None] = [None] * len(self.sites)
         self._differs: list[torch.Tensor | None] = [None] * len(self.sites)
-        n_layers = len(self.layers) if self.stepping else 0
-        self.layer_calls: list[Any] = [None] * n_layers
-        self.layer_in: list[Any] = [None] * n_layers
-        self.layer_out: list[Any] = [None] * n_layers
+        self.stepper = LayerStepper(model, self.layers_path, Bc + self.S, self.seq) if self.stepping else None
+        self._group: dict | None = None
 
         with torch.no_grad(), HookSession(model) as session:
             if self.noise is not None:
@@ -247,10 +239,8 @@ class SweepRunner:
                 session.add(self._embedding(), "output", self._noise_hook(Bc + samples, samples))
             for i, (site, module) in enumerate(zip(self.sites, self.modules)):
                 session.add(module, site.io, self._getter(i))
-            for j in range(n_layers):
-                layer = self.layers[j]
-                session.handles.append(layer.register_forward_pre_hook(self._recorder(j), with_kwargs=True))
-                session.add(layer, "output", self._out_recorder(j))
+            if self.stepper is not None:
+                self.stepper.install(session)
             out = model(**inputs, **extra)
         logits = _logits_of(out)[:, -1].float()
         self.clean_logits, self.base_logits = logits[:Bc], logits[Bc:]
@@ -258,13 +248,15 @@ class SweepRunner:
         if missing:
             raise ConfigError(f"These sites never ran during the forward pass: {missing}.")
         if self.stepping:
-            self.stepping = self._check_stepper(logits)
+            self.stepping = self.stepper.check(logits)
+            if self.strategy == "step":
+                self.stepper.trim = False
             if not self.stepping:
                 if self.strategy == "step":
                     raise ConfigError("This model cannot be stepped layer by layer (the replay check failed).")
                 logger.info("layer stepping is not exact for %s; using batched forward passes", type(model).__name__)
         if not self.stepping:
-            self.layer_calls = self.layer_in = self.layer_out = []
+            self.stepper = None
         self.recorded = True
 
     def _embedding(self) -> nn.Module:
@@ -306,77 +298,6 @@ class SweepRunner:
         lead = 3 if heads else 2
         return ne.reshape(*ne.shape[:lead], -1).any(-1).any(0).cpu()
 
-    def _recorder(self, j: int) -> Callable:
-        def pre(mod, args, kwargs):
-            t, rebuild = input_tensor(args, kwargs)
-            if t is None:
-                raise ConfigError(f"layer {j} was called without a hidden-state tensor")
-            self.layer_in[j] = t
-            self.layer_calls[j] = rebuild(_HIDDEN)
-            return None
-
-        return pre
-
-    def _out_recorder(self, j: int) -> Callable:
-        def fn(mod, x, fire, args):
-            self.layer_out[j] = x
-            return None
-
-        return fn
-
-    def _replay(self, j: int, hidden: torch.Tensor, src: torch.Tensor) -> Any:
-        """Call layer ``j`` on ``hidden`` with the arguments it got in the recording pass; batch-
-        dimension tensors are re-indexed to the rows' source rows ``src``."""
-        total = self.Bc + self.S
-        args, kwargs = self.layer_calls[j]
-
-        def adapt(v: Any) -> Any:
-            if v is _HIDDEN:
-                return hidden
-            if isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[0] == total and total > 1:
-                return v.index_select(0, src)
-            return v
-
-        out = self.layers[j](*_map(args, adapt), **_map(kwargs, adapt))
-        t, _ = first_tensor(out)
-        return t
-
-    def _tail(self, h: torch.Tensor) -> torch.Tensor:
-        """Final norm + output head on ``h`` ``(n, 1, d)`` -> logits ``(n, vocab)``."""
-        if self._norm is not None:
-            h = self._norm(h)
-        logits = self._head(h)[:, -1].float()
-        cap = getattr(getattr(self.model, "config", None), "final_logit_softcapping", None)
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return logits
-
-    def _check_stepper(self, logits: torch.Tensor) -> bool:
-        n = len(self.layers)
-        if any(x is None for x in self.layer_in) or any(x is None for x in self.layer_out):
-            return False
-        for j in range(n - 1):
-            a, b = self.layer_out[j], self.layer_in[j + 1]
-            if a.shape != b.shape or not (a is b or torch.equal(a, b)):
-                return False
-        get = getattr(self.model, "get_output_embeddings", None)
-        self._head = get() if callable(get) else None
-        if self._head is None:
-            return False
-        parent = self.model.get_submodule(self.layers_path.rsplit(".", 1)[0]) if "." in self.layers_path else self.model
-        self._norm = next((getattr(parent, a) for a in _NORM_NAMES if isinstance(getattr(parent, a, None), nn.Module)), None)
-        total = self.Bc + self.S
-        src = torch.arange(total - 1, -1, -1, device=self.device)
-        with torch.no_grad():
-            for j in sorted({0, n - 1}):
-                got = self._replay(j, self.layer_in[j].index_select(0, src), src)
-                want = self.layer_out[j].index_select(0, src)
-                if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max().clamp(min=1))):
-                    return False
-            tail = self._tail(self.layer_out[n - 1][:, -1:])
-        scale = float(logits.abs().max().clamp(min=1))
-        return tail.shape == logits.shape and torch.allclose(tail, logits, rtol=1e-4, atol=1e-4 * scale)
-
     # -- the sweep -----------------------------------------------------------------------------
     def run(self, cells: Sequence[Sequence[Patch]], cell_values: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """Evaluate ``cells``. ``cell_values(logits)`` maps last-position logits ``(n_cells, S,
@@ -407,7 +328,7 @@ class SweepRunner:
             plans = {k: self._entry(cells[k]) for k in todo}
             order = sorted(todo, key=lambda k: plans[k][0])
             chunks = [order[i: i + per_chunk] for i in range(0, len(order), per_chunk)]
-            n = len(self.layers)
+            n = len(self.stepper)
             total = sum(n - plans[c[0]][0] + 1 for c in chunks)
         else:
             chunks = [todo[i: i + per_chunk] for i in range(0, len(todo), per_chunk)]
@@ -447,8 +368,9 @@ class SweepRunner:
         ids = {id(p) for p in at_entry}
         return entry, at_entry, [p for p in cell if id(p) not in ids]
 
-    def _index(self, patches: list[tuple[int, Patch]]) -> dict[int, tuple]:
-        """Group ``(cell index within chunk, patch)`` by site -> (rows, tokens, heads, clean rows)."""
+    def _index(self, patches: list[tuple[int, Patch]], offset: int = 0) -> dict[int, tuple]:
+        """Group ``(cell index, patch)`` by site -> (rows, positions in the computed tensor
+        (token - ``offset``), tokens, heads, clean rows)."""
         S = self.S
         by_site: dict[int, list] = {}
         for k, p in patches:
@@ -465,21 +387,26 @@ class SweepRunner:
             else:
                 heads = None
             crow = samples.repeat(len(items)) if self.Bc == self.S else torch.zeros_like(rows)
-            out[i] = (rows, toks, heads, crow)
+            out[i] = (rows, toks - offset, toks, heads, crow)
         return out
 
     def _write(self, i: int, v: torch.Tensor, idx: tuple) -> None:
-        rows, toks, heads, crow = idx
+        rows, vtoks, toks, heads, crow = idx
         clean = self.clean_acts[i]
         if heads is None:
-            v[rows, toks] = clean[crow, toks].to(v.dtype)
+            v[rows, vtoks] = clean[crow, toks].to(v.dtype)
         else:
-            v[rows, heads, toks] = clean[crow, heads, toks].to(v.dtype)
+            v[rows, heads, vtoks] = clean[crow, heads, toks].to(v.dtype)
 
-    def _setter(self, i: int, idx: tuple) -> Callable:
+    def _setter(self, i: int) -> Callable:
+        """Hook writing the clean values of site ``i`` for the rows of the current call
+        (``self._group``: site -> index tensors)."""
         site = self.sites[i]
 
         def fn(mod, x, fire, args):
+            idx = self._group.get(i) if self._group is not None else None
+            if idx is None:
+                return None
             y = x if site.io == "output" and not torch.is_grad_enabled() else x.clone()
             self._write(i, make_view(y, site.view, site.n_heads), idx)
             return None if y is x else y
@@ -487,39 +414,50 @@ class SweepRunner:
         return fn
 
     def _run_stepped(self, plans: list[tuple[int, list[Patch], list[Patch]]], cell_values: Callable, bar: Any) -> torch.Tensor:
-        S, Bc, n = self.S, self.Bc, len(self.layers)
-        entries = [p[0] for p in plans]
-        hook_idx = self._index([(k, p) for k, plan in enumerate(plans) for p in plan[2]])
-        joins: dict[int, list[int]] = {}
-        for k, e in enumerate(entries):
-            joins.setdefault(e, []).append(k)
-        h: torch.Tensor | None = None
+        st, S, Bc = self.stepper, self.S, self.Bc
+        n = len(st)
+        # groups of cells by the first position they patch (computed from there on)
+        by_first: dict[int, list[int]] = {}
+        for k, (_, at_entry, hooked) in enumerate(plans):
+            f = min(p.token for p in at_entry + hooked) if st.trim else 0
+            by_first.setdefault(f, []).append(k)
+        groups = []
+        for f, ks in sorted(by_first.items()):
+            joins: dict[int, list[int]] = {}
+            for a, k in enumerate(ks):
+                joins.setdefault(plans[k][0], []).append(a)
+            hook_idx = self._index([(a, p) for a, k in enumerate(ks) for p in plans[k][2]], offset=f)
+            groups.append({"f": f, "ks": ks, "joins": joins, "hooks": hook_idx, "h": None})
         with HookSession(self.model) as session:
-            for i, idx in hook_idx.items():
-                session.add(self.modules[i], self.sites[i].io, self._setter(i, idx))
-            for j in range(entries[0], n + 1):
-                ks = joins.get(j)
-                if ks:
-                    state = (self.layer_in[j] if j < n else self.layer_out[n - 1])[Bc:]
-                    new = state.repeat(len(ks), 1, 1)
-                    entry_idx = self._index([(a, p) for a, k in enumerate(ks) for p in plans[k][1]])
-                    for i, idx in entry_idx.items():
-                        self._write(i, new, idx)
-                    h = new if h is None else torch.cat([h, new], 0)
+            for i in sorted({i for g in groups for i in g["hooks"]}):
+                session.add(self.modules[i], self.sites[i].io, self._setter(i))
+            for j in range(min(p[0] for p in plans), n + 1):
+                for g in groups:
+                    adds = g["joins"].get(j)
+                    if adds:
+                        state = (st.layer_in[j] if j < n else st.layer_out[n - 1])[Bc:, g["f"]:]
+                        new = state.repeat(len(adds), 1, 1)
+                        at_entry = self._index([(b, p) for b, a in enumerate(adds) for p in plans[g["ks"][a]][1]], offset=g["f"])
+                        for i, idx in at_entry.items():
+                            self._write(i, new, idx)
+                        g["h"] = new if g["h"] is None else torch.cat([g["h"], new], 0)
+                    if j < n and g["h"] is not None:
+                        self._group = g["hooks"]
+                        try:
+                            src = Bc + torch.arange(g["h"].shape[0], device=self.device) % S
+                            g["h"] = st.replay(j, g["h"], src, g["f"])
+                        finally:
+                            self._group = None
                 bar.update(1)
-                if j == n:
-                    break
-                if h is None:
-                    continue
-                src = Bc + torch.arange(h.shape[0], device=self.device) % S
-                h = self._replay(j, h, src)
         step = self._tail_cells()
-        vals = []
-        for a in range(0, len(plans), step):
-            b = min(len(plans), a + step)
-            logits = self._tail(h[a * S: b * S, -1:])
-            vals.append(cell_values(logits.view(b - a, S, -1)))
-        return torch.cat(vals)
+        vals = torch.empty(len(plans))
+        for g in groups:
+            ks = g["ks"]
+            for a in range(0, len(ks), step):
+                b = min(len(ks), a + step)
+                logits = st.tail(g["h"][a * S: b * S, -1:])
+                vals[torch.as_tensor(ks[a:b])] = cell_values(logits.view(b - a, S, -1)).float().cpu()
+        return vals
 
     def _run_forward(self, cells: list[Sequence[Patch]], cell_values: Callable) -> torch.Tensor:
         S, nc = self.S, len(cells)
@@ -537,8 +475,12 @@ class SweepRunner:
         with HookSession(self.model) as session:
             if self.noise is not None:
                 session.add(self._embedding(), "output", self._noise_hook(torch.arange(nc * S, device=self.device), src))
-            for i, ix in idx.items():
-                session.add(self.modules[i], self.sites[i].io, self._setter(i, ix))
-            out = self.model(**inputs, **extra)
+            for i in idx:
+                session.add(self.modules[i], self.sites[i].io, self._setter(i))
+            self._group = idx
+            try:
+                out = self.model(**inputs, **extra)
+            finally:
+                self._group = None
         logits = _logits_of(out)[:, -1].float()
         return cell_values(logits.view(nc, S, -1))
