@@ -140,6 +140,60 @@ def overhead(model, rounds):
     return res
 
 
+def fusion_sweep(model, name, batches, rounds):
+    """Fused pass vs separate early-stopped passes vs the default ("auto") across batch sizes."""
+    L = len(layers_of(model)) // 2
+    print(f"\nfusion sweep, {name} (ratios to hand hooks, 2 passes)")
+    for B in batches:
+        g = torch.Generator().manual_seed(0)
+        base = {"input_ids": torch.randint(0, model.config.vocab_size, (B, 10), generator=g)}
+        src = {"input_ids": torch.randint(0, model.config.vocab_size, (B, 10), generator=g)}
+        hand = hand_interchange(model, L, 5)
+        variants = {k: pv.IntervenableModel({"layer": L, "component": "block_output"}, model=model, batch_sources=v)
+                    for k, v in (("fused", True), ("separate", False), ("auto", "auto"))}
+        fns = {"hand": lambda: hand(base, src)}
+        for k, m in variants.items():
+            fns[k] = (lambda m=m: m(base, [src], {"sources->base": 5}))
+        with torch.no_grad():
+            r = bench(fns, rounds)
+        print(f"  b={B:<3} hand {r['hand']:8.1f} ms   " + "   ".join(f"{k} {r[k] / r['hand']:.2f}x" for k in variants))
+
+
+class _Stack(torch.nn.Module):
+    """Four 16-wide linear layers: a forward of ~20 us, so the library's own cost is visible."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = torch.nn.ModuleList([torch.nn.Linear(16, 16) for _ in range(4)])
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def pure_overhead(rounds):
+    m = _Stack().eval()
+    base = {"x": torch.randn(1, 10, 16)}
+
+    def hand():
+        def patch(mod, a, o):
+            o[:, 5] = 0
+            return o
+
+        h = m.layers[2].register_forward_hook(patch)
+        out = m(**base)
+        h.remove()
+        return out
+
+    pvm = pv.IntervenableModel({"component": "layers[2].output", "intervention_type": pv.ZeroIntervention}, model=m)
+    fns = {"plain forward": lambda: m(**base), "hand hook": hand, "vene": lambda: pvm(base, unit_locations={"base": 5})}
+    with torch.no_grad():
+        res = bench(fns, rounds, warmup=200)
+    report("fixed per-call overhead, 4 x Linear(16) stack (forward ~20 us)", res, "hand hook")
+    print(f"  => vene overhead per call: {res['vene'] - res['hand hook']:.3f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--no-smollm", action="store_true")
@@ -147,16 +201,19 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, pyvene {'yes' if pyvene else 'not installed'}")
+    pure_overhead(args.rounds * 100)
     tiny = tiny_llama()
     overhead(tiny, args.rounds * 10)
     case(tiny, 1, args.rounds, "tiny llama (4x256)")
     case(tiny, 32, args.rounds, "tiny llama (4x256)")
+    fusion_sweep(tiny, "tiny llama (4x256)", (1, 4, 16, 32), args.rounds)
     if not args.no_smollm:
         from vene.models.embedded import load_embedded_model
 
         model, _ = load_embedded_model()
         case(model, 1, max(5, args.rounds // 3), "SmolLM2-135M")
         case(model, 32, max(3, args.rounds // 10), "SmolLM2-135M")
+        fusion_sweep(model, "SmolLM2-135M", (1, 4, 8, 32), max(3, args.rounds // 5))
 
 
 if __name__ == "__main__":

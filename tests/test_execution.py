@@ -86,6 +86,24 @@ def count_forwards(model):
     return calls, h
 
 
+def test_auto_fusion_follows_the_batch_budget(gpt2):
+    """Small batches fuse (one pass); past the budget, separate early-stopped passes are used."""
+    from vene.model import FUSE_BUDGET
+
+    pvm = pv.IntervenableModel({"layer": 1, "component": "block_output"}, model=gpt2)
+    calls, h = count_forwards(gpt2)
+    try:
+        for batch, expected in ((1, 1), (FUSE_BUDGET // (2 * 6 * 32) + 1, 2)):
+            calls.clear()
+            with torch.no_grad():
+                pvm(tm.ids(batch, 6, 1), [tm.ids(batch, 6, 2)], {"sources->base": 3})
+            assert len(calls) == expected, batch
+    finally:
+        h.remove()
+    with pytest.raises(pv.ConfigError, match="batch_sources"):
+        pv.IntervenableModel({"layer": 1}, model=gpt2, batch_sources="yes")
+
+
 def test_one_forward_pass_per_interchange(gpt2):
     base, src = tm.ids(1, 6, 1), tm.ids(1, 6, 2)
     pvm = pv.IntervenableModel({"layer": 1, "component": "block_output"}, model=gpt2)

@@ -180,7 +180,7 @@ def describe(im: Any, include_model: bool = False) -> tuple[dict[str, Any], dict
         "base_model": _model_identity(im.model),
         "mode": im.mode,
         "sorted_keys": list(im.sorted_keys),
-        "options": {"use_fast": bool(im.use_fast), "batch_sources": bool(im.batch_sources),
+        "options": {"use_fast": bool(im.use_fast), "batch_sources": im.batch_sources,
                     "as_adaptor": bool(im.as_adaptor)},
         "interventions": entries,
         "base_model_params": model_params,
