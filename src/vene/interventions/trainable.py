@@ -170,6 +170,24 @@ class _Temperature:
 # rotations
 
 
+def _rotated_interchange(iv: Any, base: torch.Tensor, source: Any, subspaces: Any,
+                         weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``b + ((s - b) R * w)[S] Rᵀ``: swap the selected (and ``weights``-scaled) coordinates of the
+    base for the source's in the orthogonal basis ``R`` of ``iv.rotate_layer``."""
+    src = _source(iv, base, source)
+    n = int(iv.embed_dim)
+    b2, shape = _fit(base, n, iv)
+    s2, _ = _fit(src, n, iv)
+    R = iv.rotate_layer.weight
+    bf = b2.to(R.dtype)
+    delta = torch.matmul(s2.to(R.dtype) - bf, R)
+    if weights is not None:
+        delta = delta * weights.to(R.dtype)
+    delta = _apply(_mask(iv, subspaces, n, delta), delta)
+    out = bf + torch.matmul(delta, R.T)
+    return _unfit(out.to(base.dtype), shape)
+
+
 class RotatedSpaceIntervention(TrainableIntervention, DistributedRepresentationIntervention):
     """Distributed alignment search: interchange in a learned orthogonal basis ``R`` ``(n, n)``."""
 
@@ -179,16 +197,7 @@ class RotatedSpaceIntervention(TrainableIntervention, DistributedRepresentationI
         self.rotate_layer = orthogonal_rotate_layer(n)
 
     def forward(self, base, source=None, subspaces=None):
-        src = _source(self, base, source)
-        n = int(self.embed_dim)
-        b2, shape = _fit(base, n, self)
-        s2, _ = _fit(src, n, self)
-        R = self.rotate_layer.weight
-        bf = b2.to(R.dtype)
-        delta = torch.matmul(s2.to(R.dtype) - bf, R)
-        delta = _apply(_mask(self, subspaces, n, delta), delta)
-        out = bf + torch.matmul(delta, R.T)
-        return _unfit(out.to(base.dtype), shape)
+        return _rotated_interchange(self, base, source, subspaces)
 
 
 class LowRankRotatedSpaceIntervention(TrainableIntervention, DistributedRepresentationIntervention):
@@ -253,16 +262,7 @@ class BoundlessRotatedSpaceIntervention(_Temperature, TrainableIntervention, Dis
         return torch.sigmoid(pos / t) * torch.sigmoid((beta * n - pos) / t)
 
     def forward(self, base, source=None, subspaces=None):
-        src = _source(self, base, source)
-        n = int(self.embed_dim)
-        b2, shape = _fit(base, n, self)
-        s2, _ = _fit(src, n, self)
-        R = self.rotate_layer.weight
-        bf = b2.to(R.dtype)
-        delta = torch.matmul(s2.to(R.dtype) - bf, R) * self.soft_mask().to(R.dtype)
-        delta = _apply(_mask(self, subspaces, n, delta), delta)
-        out = bf + torch.matmul(delta, R.T)
-        return _unfit(out.to(base.dtype), shape)
+        return _rotated_interchange(self, base, source, subspaces, self.soft_mask())
 
 
 class SigmoidMaskRotatedSpaceIntervention(_Temperature, TrainableIntervention, DistributedRepresentationIntervention):
@@ -279,17 +279,7 @@ class SigmoidMaskRotatedSpaceIntervention(_Temperature, TrainableIntervention, D
         return self.masks
 
     def forward(self, base, source=None, subspaces=None):
-        src = _source(self, base, source)
-        n = int(self.embed_dim)
-        b2, shape = _fit(base, n, self)
-        s2, _ = _fit(src, n, self)
-        R = self.rotate_layer.weight
-        bf = b2.to(R.dtype)
-        m = torch.sigmoid(self.masks / self.temperature).to(R.dtype)
-        delta = torch.matmul(s2.to(R.dtype) - bf, R) * m
-        delta = _apply(_mask(self, subspaces, n, delta), delta)
-        out = bf + torch.matmul(delta, R.T)
-        return _unfit(out.to(base.dtype), shape)
+        return _rotated_interchange(self, base, source, subspaces, torch.sigmoid(self.masks / self.temperature))
 
 
 class SigmoidMaskIntervention(_Temperature, TrainableIntervention, LocalistRepresentationIntervention):
