@@ -410,3 +410,26 @@ def test_collect_keeps_values_before_a_later_write_at_the_same_site(gpt2):
         with torch.no_grad():
             (_, collected), _ = pvm(base, unit_locations=locs)
         torch.testing.assert_close(collected[0], expected)
+
+
+def test_repeated_locations_reuse_index_tensors_but_never_stale_ones(gpt2):
+    """A call with equal locations reuses the cached index tensors; any change rebuilds them."""
+    base, src = tm.ids(2, 6, 1), tm.ids(2, 6, 2)
+    pvm = pv.IntervenableModel({"layer": 1, "component": "block_output"}, model=gpt2)
+    s = tm.capture(gpt2, gpt2.h[1], src)
+    locs = {"sources->base": ([[[1], [2]]], [[[3], [4]]])}
+    with torch.no_grad():
+        _, a = pvm(base, [src], locs)
+        _, b = pvm(base, [src], locs)
+        locs["sources->base"][1][0][1][0] = 5  # the caller edits the same object in place
+        _, c = pvm(base, [src], locs)
+
+    def fn(t):
+        t = t.clone(); t[0, 3] = s[0, 1]; t[1, 5] = s[1, 2]; return t
+
+    assert torch.equal(a.last_hidden_state, b.last_hidden_state)
+    torch.testing.assert_close(hs(c), hs(patched_run(gpt2, gpt2.h[1], base, fn)), atol=1e-5, rtol=1e-4)
+    idx = torch.tensor([[3], [4]])
+    with torch.no_grad():
+        _, d = pvm(base, [src], {"sources->base": ([[[1], [2]]], [idx.tolist()])})
+    torch.testing.assert_close(hs(d), hs(a))

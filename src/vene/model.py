@@ -315,15 +315,30 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
                     "source_representations must be a tensor, a list (one per intervention) or a dict by key."
                 )
 
-        src_locs, base_locs, src_given, base_given, target = normalise_unit_locations(
-            unit_locations,
-            mode=self.mode,
-            keys=keys,
-            groups=[s.group for s in specs],
-            n_groups=G,
-            units=[s.unit for s in specs],
-            batch=batch,
-        )
+        # Locations depend only on their value and the batch size: a repeated call (a sweep, a
+        # training loop) reuses the index tensors built last time, already on the device.
+        cache_key = None
+        if unit_locations is not None:
+            text = repr(unit_locations)
+            # only plain Python values: a tensor's repr may be summarised, so it is no key
+            if len(text) <= 4096 and "tensor" not in text and "array" not in text and "..." not in text:
+                cache_key = (batch, text)
+        cached = self.__dict__.get("_loc_cache")
+        if cache_key is not None and cached is not None and cached[0] == cache_key:
+            normalised = cached[1]
+        else:
+            normalised = normalise_unit_locations(
+                unit_locations,
+                mode=self.mode,
+                keys=keys,
+                groups=[s.group for s in specs],
+                n_groups=G,
+                units=[s.unit for s in specs],
+                batch=batch,
+            )
+            if cache_key is not None:
+                self.__dict__["_loc_cache"] = (cache_key, normalised)
+        src_locs, base_locs, src_given, base_given, target = (list(part) for part in normalised)
         subs = normalise_subspaces(subspaces, keys, batch)
 
         active = []
