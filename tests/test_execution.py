@@ -433,3 +433,16 @@ def test_repeated_locations_reuse_index_tensors_but_never_stale_ones(gpt2):
     with torch.no_grad():
         _, d = pvm(base, [src], {"sources->base": ([[[1], [2]]], [idx.tolist()])})
     torch.testing.assert_close(hs(d), hs(a))
+
+
+def test_serial_mode_honours_source_representations(gpt2):
+    """pyvene silently ignored source_representations in serial mode."""
+    base = tm.ids(1, 6, 1)
+    cfg = pv.IntervenableConfig([{"layer": 0, "component": "block_output"},
+                                 {"layer": 2, "component": "block_output"}], mode="serial")
+    pvm = pv.IntervenableModel(cfg, model=gpt2)
+    vec = torch.randn(32)
+    with torch.no_grad():
+        _, out = pvm(base, unit_locations={"source_0->source_1": 1, "source_1->base": 4},
+                     source_representations={pvm.sorted_keys[1]: vec})
+    torch.testing.assert_close(hs(out), hs(patched_run(gpt2, gpt2.h[2], base, lambda t: torch.cat([t[:, :4], vec.view(1, 1, -1), t[:, 5:]], 1))))
