@@ -406,7 +406,8 @@ def make_hook(ops: list[Op], plan: CallPlan, protected: set[int], stop_after: li
                 _time_set(op, v, fire, trows, source, plan, args)
                 continue
             n_lead = 3 if loc is not None and loc.two_level else 2
-            sel = _flatten_feats(_gather(v, loc, spec, "base"), spec, n_lead)
+            raw = _gather(v, loc, spec, "base")
+            sel = _flatten_feats(raw, spec, n_lead)
             if source is not None and isinstance(source, torch.Tensor) and source.dim() == sel.dim() and source.shape != sel.shape and not spec.is_lambda:
                 if source.shape[0] != sel.shape[0] or (source.shape[1] != sel.shape[1] and source.shape[1] != 1):
                     raise ShapeMismatchError(
@@ -428,8 +429,7 @@ def make_hook(ops: list[Op], plan: CallPlan, protected: set[int], stop_after: li
                     f"shape {tuple(sel.shape)}."
                 )
             if feature_ndim(spec.site.view) != 1:
-                target_shape = _gather(v, loc, spec, "base").shape if loc is not None else v.shape
-                new = new.reshape(target_shape)
+                new = new.reshape(raw.shape)
             if new.dtype != v.dtype:
                 new = new.to(v.dtype)
             if mask is None:
