@@ -15,22 +15,6 @@ from torch.nn.utils.parametrizations import orthogonal
 from ..errors import ConfigError
 
 
-class RotateLayer(nn.Module):
-    """``x @ weight`` with a square ``(n, n)`` weight (orthogonally initialised)."""
-
-    def __init__(self, n: int, init_orth: bool = True) -> None:
-        super().__init__()
-        weight = torch.empty(n, n)
-        if init_orth:
-            nn.init.orthogonal_(weight)
-        else:
-            nn.init.normal_(weight)
-        self.weight = nn.Parameter(weight, requires_grad=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.matmul(x.to(self.weight.dtype), self.weight)
-
-
 class LowRankRotateLayer(nn.Module):
     """``x @ weight`` with an ``(n, m)`` weight whose columns are orthonormal (``m <= n``)."""
 
@@ -47,6 +31,13 @@ class LowRankRotateLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.matmul(x.to(self.weight.dtype), self.weight)
+
+
+class RotateLayer(LowRankRotateLayer):
+    """``x @ weight`` with a square ``(n, n)`` weight (orthogonally initialised)."""
+
+    def __init__(self, n: int, init_orth: bool = True) -> None:
+        super().__init__(n, n, init_orth)
 
 
 def orthogonal_rotate_layer(n: int) -> nn.Module:
