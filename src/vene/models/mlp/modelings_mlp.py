@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .outputs import BuiltinConfig, BuiltinModule, ModelOutput
+from ..outputs import BuiltinConfig, BuiltinModule, ModelOutput
 
 logger = logging.getLogger(__name__)
 
