@@ -468,8 +468,8 @@ def test_iit_trains_tiny_gpt2_with_a_rotation():
 def test_gradient_checkpointing_is_refused_with_a_clear_error():
     model = tm.gpt2(lm=True)
     model.activation_checkpointing_enable()
-    model.train()
     iv = pv.IntervenableModel({"layer": 1, "component": "block_output", "intervention_type": pv.RotatedSpaceIntervention}, model)
+    model.train()  # wrapping put it in eval mode
     base, src = tm.ids(2, 6, 1), tm.ids(2, 6, 2)
     hooks = [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]
     with pytest.raises(pv.ConfigError, match="checkpointing_disable"):

@@ -208,6 +208,13 @@ def _do_intervention_by_swap(
             k = d if interchange_dim is None else int(interchange_dim)
             return base[..., :k]
         rows = feature_indices(subspaces, base.shape[0], subspace_partition)
+        for r in rows:
+            if r and (max(r) >= d or min(r) < -d):
+                from .errors import ShapeMismatchError
+
+                bad = max(r) if max(r) >= d else min(r)
+                raise ShapeMismatchError(f"subspace index {bad} is out of range for {d} features.")
+        rows = [[i % d for i in r] for r in rows]
         if any(len(r) != len(rows[0]) for r in rows):
             return [base[i][..., r] for i, r in enumerate(rows)]  # type: ignore[return-value]
         idx = torch.tensor(rows, dtype=torch.long, device=base.device)
