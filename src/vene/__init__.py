@@ -58,6 +58,15 @@ from .interventions import (
 from .locations import GET_LOC
 from .model import IntervenableModel, IntervenableModelOutput
 from .models.factories import create_gpt2, create_gpt2_lm, create_gpt_neo, create_gpt_neox, create_llama
+from .models.more_factories import (
+    create_backpack_gpt2,
+    create_blip,
+    create_blip_itm,
+    create_gpt_oss,
+    create_llava,
+    create_olmo,
+)
+from .ndif import IntervenableNdifModel, build_intervenable_model
 from .models import (
     GRUConfig,
     MLPConfig,
@@ -67,7 +76,13 @@ from .models import (
     create_mlp_classifier,
 )
 from .utils import (
+    _do_intervention_by_swap,
+    closeness_to_permutation_loss,
     count_parameters,
+    create_directory,
+    get_type_from_string,
+    harmonic_sigmoid_boundary,
+    random_permutation_matrix,
     embed_to_distrib,
     format_token,
     get_batch_size,
@@ -80,11 +95,6 @@ from .utils import (
 )
 
 __version__ = "0.1.0"
-
-
-def build_intervenable_model(config, model, **kwargs):
-    """pyvene's generic builder; vene has one backend, so this is ``IntervenableModel``."""
-    return IntervenableModel(config, model, **kwargs)
 
 
 __all__ = [
@@ -106,4 +116,7 @@ __all__ = [
     "embed_to_distrib", "format_token", "get_batch_size", "get_intervention_class",
     "get_list_depth", "lsm", "models", "register_intervention", "set_seed", "sigmoid_boundary",
     "sm", "top_vals", "type_to_dimension_mapping", "type_to_module_mapping",
+    "IntervenableNdifModel", "_do_intervention_by_swap", "closeness_to_permutation_loss", "create_backpack_gpt2",
+    "create_blip", "create_blip_itm", "create_directory", "create_gpt_oss", "create_llava", "create_olmo",
+    "get_type_from_string", "harmonic_sigmoid_boundary", "random_permutation_matrix", "data_generators",
 ]

@@ -91,6 +91,15 @@ def _rows(value: Any, batch: int, key: str, side: str, what: str) -> list[list[i
             f"([batch][units]), got {value!r}."
         )
     if len(value) != batch:
+        if len(value) == 1 and batch > 1 and _is_int_list(value[0]):
+            raise LocationError(
+                f"{key}: {side} {what} give one row {list(value)!r} for a batch of {batch} examples. "
+                "pyvene silently used example 0's row, and example 0's source activation, for every "
+                "example; vene refuses. Give one row per example, e.g. "
+                f"{[list(value[0])] * min(batch, 3)!r}{'...' if batch > 3 else ''} ([{list(value[0])!r}] * {batch}), "
+                "or, for the same positions in every example, a shorthand such as "
+                "{'sources->base': 3} or a flat list of positions."
+            )
         if _is_int_list(value):
             raise LocationError(
                 f"{key}: {side} {what} {list(value)!r} is one level too shallow: give one list of units "
@@ -178,9 +187,14 @@ def _depth(x: Any) -> int:
     return 0
 
 
-def _per_key(side_value: Any, keys: Sequence[str], what: str, units: Sequence[str] | None = None) -> list:
+def _per_key(side_value: Any, keys: Sequence[str], what: str, units: Sequence[str] | None = None,
+             links: Sequence[Any] | None = None) -> list:
     if side_value is None:
         return [None] * len(keys)
+    if (links is not None and len(keys) > 1 and isinstance(side_value, (list, tuple)) and len(side_value) == 1
+            and links[0] is not None and all(k == links[0] for k in links)):
+        # linked interventions act on one shared selection: one entry serves them all (pyvene)
+        return [side_value[0]] * len(keys)
     if units is not None and isinstance(side_value, (list, tuple)) and side_value:
         # one intervention's worth of locations ([batch][units]) is shared by every intervention
         entry_depth = {3 if "." in u else 2 for u in units}
@@ -191,7 +205,8 @@ def _per_key(side_value: Any, keys: Sequence[str], what: str, units: Sequence[st
     if len(side_value) != len(keys):
         raise LocationError(
             f"{what} has {len(side_value)} entries but there are {len(keys)} interventions "
-            f"({', '.join(keys)}); give one entry per intervention (None to skip one)."
+            f"({', '.join(keys)}); give one entry per intervention (None to skip one). A single "
+            "entry is shared only by interventions linked together (the same intervention_link_key)."
         )
     return list(side_value)
 
@@ -205,6 +220,7 @@ def normalise_unit_locations(
     n_groups: int,
     units: Sequence[str],
     batch: int,
+    links: Sequence[Any] | None = None,
 ) -> tuple[list[Loc | None], list[Loc | None], list[bool], list[bool], list[int | None]]:
     """Return per-key ``(src_locs, base_locs, src_given, base_given, target)``.
 
@@ -239,8 +255,8 @@ def normalise_unit_locations(
         else:
             depth = 3 if any("." in u for u in units) else 2
             src, base = _expand(unit_locations["sources->base"], n, batch, under_base=False, entry_depth=depth)
-        src_list = _per_key(src, keys, "The source side of unit_locations", units)
-        base_list = _per_key(base, keys, "The base side of unit_locations", units)
+        src_list = _per_key(src, keys, "The source side of unit_locations", units, links)
+        base_list = _per_key(base, keys, "The base side of unit_locations", units, links)
         for i in range(n):
             src_raw[i], base_raw[i] = src_list[i], base_list[i]
             src_given[i] = src is not None
@@ -257,8 +273,9 @@ def normalise_unit_locations(
             depth = 3 if any("." in units[i] for i in members) else 2
             src, base = _expand(value, len(members), batch, under_base=False, entry_depth=depth)
             m_units = [units[i] for i in members]
-            src_list = _per_key(src, [keys[i] for i in members], f"The source side of {loc_key!r}", m_units)
-            base_list = _per_key(base, [keys[i] for i in members], f"The base side of {loc_key!r}", m_units)
+            m_links = [links[i] for i in members] if links is not None else None
+            src_list = _per_key(src, [keys[i] for i in members], f"The source side of {loc_key!r}", m_units, m_links)
+            base_list = _per_key(base, [keys[i] for i in members], f"The base side of {loc_key!r}", m_units, m_links)
             for j, i in enumerate(members):
                 src_raw[i], base_raw[i] = src_list[j], base_list[j]
                 src_given[i] = src is not None
