@@ -467,7 +467,10 @@ def test_iit_trains_tiny_gpt2_with_a_rotation():
 
 def test_gradient_checkpointing_is_refused_with_a_clear_error():
     model = tm.gpt2(lm=True)
-    model.activation_checkpointing_enable()
+    # transformers 5 renamed gradient_checkpointing_enable; both ends of the supported range are tested
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+    enable()
     iv = pv.IntervenableModel({"layer": 1, "component": "block_output", "intervention_type": pv.RotatedSpaceIntervention}, model)
     model.train()  # wrapping put it in eval mode
     base, src = tm.ids(2, 6, 1), tm.ids(2, 6, 2)
@@ -477,7 +480,7 @@ def test_gradient_checkpointing_is_refused_with_a_clear_error():
     assert hooks == [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]
     with torch.no_grad():
         iv(base, [src], {"sources->base": 2})
-    model.activation_checkpointing_disable()
+    disable()
     _, out = iv(base, [src], {"sources->base": 2})
     out.logits.sum().backward()
 
