@@ -427,9 +427,10 @@ def causal_trace(
         subject_positions=subj_pos, p_clean=p_clean, p_corrupted=p_corr, scores=scores,
         layers=grid_layers, window=windows, noise_std=std, samples=samples,
         model_name=getattr(cfg, "_name_or_path", None) or type(model).__name__,
-        extra={"strategy": runner.mode, "subject_guessed": guessed}, positions=sweep_pos, seed=seed,
-        answer_rank=rank + 1, warnings=found,
-        provenance=provenance(seed=seed, strategy=runner.mode, timings=timings,
+        extra={"strategy": runner.mode, "fallback_reason": runner.fallback_reason, "subject_guessed": guessed},
+        positions=sweep_pos, seed=seed, answer_rank=rank + 1, warnings=found,
+        provenance=provenance(seed=seed, strategy=runner.mode, fallback_reason=runner.fallback_reason,
+                              timings=timings,
                               resumed=(resume.provenance.get("resumed", 0) + 1) if resume is not None else 0),
     )
     if interrupted:

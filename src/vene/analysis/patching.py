@@ -177,10 +177,10 @@ def activation_patching(
         clean_metric=float(_reduce(metric(clean_logits))), corrupted_metric=float(_reduce(metric(runner.base_logits))),
         tokens=token_labels(tokenizer, ids_c) if tokenizer is not None else None,
         corrupted_tokens=token_labels(tokenizer, ids_k) if tokenizer is not None else None,
-        extra={"strategy": runner.mode},
+        extra={"strategy": runner.mode, "fallback_reason": runner.fallback_reason},
         metric_name=metric_name or getattr(metric, "metric_name", None),
         clean_prompt=clean if isinstance(clean, str) else decode(ids_c),
         corrupted_prompt=corrupted if isinstance(corrupted, str) else decode(ids_k),
         model_name=getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__,
-        provenance=provenance(strategy=runner.mode, timings=timings),
+        provenance=provenance(strategy=runner.mode, fallback_reason=runner.fallback_reason, timings=timings),
     )
