@@ -189,7 +189,7 @@ class CausalTraceResult:
             "layers": list(self.layers), "positions": list(self.positions), "window": dict(self.window),
             "noise_std": self.noise_std, "samples": self.samples, "seed": self.seed,
             "complete": self.complete, "cells_done": self.cells_done, "cells_total": self.cells_total,
-            "warnings": list(self.warnings), "strategy": self.extra.get("strategy"),
+            "warnings": list(self.warnings), "strategy": self.extra.get("strategy"), "fallback_reason": self.extra.get("fallback_reason"),
             "provenance": dict(self.provenance),
             "scores": {c: _grid_to_json(g) for c, g in self.scores.items()},
         }
@@ -206,7 +206,7 @@ class CausalTraceResult:
                 scores={c: _grid_from_json(g) for c, g in data["scores"].items()},
                 layers=[int(l) for l in data["layers"]], window={k: int(v) for k, v in data["window"].items()},
                 noise_std=data.get("noise_std"), samples=int(data["samples"]), model_name=data.get("model"),
-                extra={"strategy": data.get("strategy")} if data.get("strategy") else {},
+                extra={k: data[k] for k in ("strategy", "fallback_reason") if k in data},
                 positions=data.get("positions"), seed=data.get("seed"), answer_rank=data.get("answer_rank"),
                 warnings=list(data.get("warnings", [])), provenance=dict(data.get("provenance", {})),
             )
@@ -290,7 +290,7 @@ class PatchingResult:
             "layers": list(self.layers), "positions": list(self.positions),
             "heads": {c: list(h) for c, h in self.heads.items()},
             "clean_metric": self.clean_metric, "corrupted_metric": self.corrupted_metric,
-            "strategy": self.extra.get("strategy"), "provenance": dict(self.provenance),
+            "strategy": self.extra.get("strategy"), "fallback_reason": self.extra.get("fallback_reason"), "provenance": dict(self.provenance),
             "scores": {c: _grid_to_json(g) for c, g in self.scores.items()},
         }
 
@@ -305,7 +305,7 @@ class PatchingResult:
                 heads={c: [int(h) for h in hs] for c, hs in data.get("heads", {}).items()},
                 clean_metric=float(data["clean_metric"]), corrupted_metric=float(data["corrupted_metric"]),
                 tokens=data.get("tokens"), corrupted_tokens=data.get("corrupted_tokens"),
-                extra={"strategy": data.get("strategy")} if data.get("strategy") else {},
+                extra={k: data[k] for k in ("strategy", "fallback_reason") if k in data},
                 metric_name=data.get("metric_name"), clean_prompt=data.get("clean"),
                 corrupted_prompt=data.get("corrupted"), model_name=data.get("model"),
                 provenance=dict(data.get("provenance", {})),
