@@ -368,11 +368,14 @@ def causal_trace(
                 if (comp, lw) not in site_index:
                     site_index[(comp, lw)] = len(sites)
                     sites.append((comp, lw))
+    entry: list[int] = []  # the lowest restored layer of each cell: chunks group cells that join together
     for comp in components:
         for layer in grid_layers:
-            ws = [site_index[(comp, lw)] for lw in window_layers(layer, windows[comp], n_layers)]
+            wl = window_layers(layer, windows[comp], n_layers)
+            ws = [site_index[(comp, lw)] for lw in wl]
             for t in sweep_pos:
                 cells.append([Patch(s, t) for s in ws])
+                entry.append(wl[0])
 
     runner = SweepRunner(
         model, {"input_ids": ids}, {"input_ids": ids.expand(samples, -1)}, sites,
@@ -399,7 +402,7 @@ def causal_trace(
     values_out = torch.full((len(cells),), float("nan"))
     if resume is not None:
         values_out = torch.cat([resume.scores[c].reshape(-1).float() for c in components])
-    todo = [k for k in range(len(cells)) if bool(torch.isnan(values_out[k]))]
+    todo = sorted((k for k in range(len(cells)) if bool(torch.isnan(values_out[k]))), key=lambda k: entry[k])
     per_chunk = max(1, runner.max_rows() // runner.S)
     interrupted = False
     from tqdm.auto import tqdm
