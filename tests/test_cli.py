@@ -392,3 +392,17 @@ def test_average_traces_by_hand(llama_lm):
     torch.testing.assert_close(g[:, 4], ga[:, 3])                        # further tokens: only a
     torch.testing.assert_close(g[:, 5], (ga[:, 4] + gb[:, 5]) / 2)       # last token
     assert avg.counts == [2, 1, 2, 2, 1, 2] and len(ROLES) == 6
+
+
+def test_a_study_registers_with_one_line(monkeypatch):
+    import types
+
+    mod = types.ModuleType("fake_study_for_cli")
+    seen = {}
+    mod.add_parser = lambda sub: sub.add_parser("fake-study", help="a study").add_argument("--n", type=int, default=1,
+                                                                                             help="n")
+    mod.run = lambda args: seen.setdefault("args", args) and 7
+    monkeypatch.setitem(sys.modules, "fake_study_for_cli", mod)
+    monkeypatch.setattr(cli, "EXTERNAL_COMMANDS", ["fake_study_for_cli", "vene.studies.not_installed"])
+    assert cli.main(["fake-study", "--n", "3", "-v"]) == 7
+    assert seen["args"].n == 3 and seen["args"].verbose == 1

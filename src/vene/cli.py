@@ -223,12 +223,13 @@ def _register(sub: argparse._SubParsersAction, modname: str) -> None:
         raise
     before = set(sub.choices)
     parser = mod.add_parser(sub)
-    if parser is None:
+    if not isinstance(parser, argparse.ArgumentParser):  # add_parser need not return its parser
         new = [sub.choices[n] for n in sub.choices if n not in before]
         parser = new[0] if new else None
-    if parser is not None:
-        _global_options(parser, top=False)
-        parser.set_defaults(func=mod.run)
+    if parser is None:
+        raise RuntimeError(f"{modname}.add_parser(subparsers) added no subcommand.")
+    _global_options(parser, top=False)
+    parser.set_defaults(func=mod.run)
 
 
 # ---------------------------------------------------------------------------------------------
