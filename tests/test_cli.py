@@ -290,7 +290,7 @@ def test_trace_figure_is_titled(full):
     fig = full.plot()
     title = fig._suptitle.get_text()
     assert "Causal trace of" in title and "→ '7'" in title
-    assert f"p_clean = {full.p_clean:.3f}" in title and "2 noise samples" in title
+    assert f"p_clean = {full.p_clean:.3g}" in title and "2 noise samples" in title
 
 
 def test_patching_json_round_trip_and_named_metric(llama_lm):

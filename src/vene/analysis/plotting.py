@@ -124,8 +124,11 @@ def trace_title(result: Any) -> str:
     model = f" of {result.model_name}" if result.model_name else ""
     noise = f", noise std {result.noise_std:.3g}" if result.noise_std is not None else ""
     lines = [f"Causal trace{model}: {_short(result.prompt)!r} → {result.answer!r}",
-             f"p_clean = {result.p_clean:.3f}, p_corrupted = {result.p_corrupted:.3f}; "
+             f"p_clean = {result.p_clean:.3g}, p_corrupted = {result.p_corrupted:.3g}; "
              f"{result.samples} noise sample{'s' if result.samples != 1 else ''} per restoration{noise}; * = subject"]
+    rank = getattr(result, "answer_rank", None)
+    if rank is not None and rank > 10:
+        lines.append(f"WARNING: the answer is only the model's prediction number {rank}")
     if not result.complete:
         lines.append(f"PARTIAL: {result.cells_done} of {result.cells_total} restorations computed (blank = not computed)")
     return "\n".join(lines)
