@@ -147,6 +147,8 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
     if args.prompts and args.resume:
         raise CLIError("--resume works for one prompt, not with --prompts.")
+    if args.prompts and args.positions is not None:
+        raise CLIError("--prompts averages over every token of each prompt; drop --positions.")
     if not args.no_plot:
         _need("matplotlib", "viz", "the trace figure (use --no-plot to skip it)")
     _need("transformers", "hf", "loading a model")
