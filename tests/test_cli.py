@@ -406,3 +406,19 @@ def test_a_study_registers_with_one_line(monkeypatch):
     monkeypatch.setattr(cli, "EXTERNAL_COMMANDS", ["fake_study_for_cli", "vene.studies.not_installed"])
     assert cli.main(["fake-study", "--n", "3", "-v"]) == 7
     assert seen["args"].n == 3 and seen["args"].verbose == 1
+
+
+def test_patching_interrupt_keeps_the_finished_cells(llama_lm, monkeypatch):
+    from vene.analysis import activation_patching, logit_diff
+
+    a, b = tiny_models.ids(seq=5)["input_ids"], tiny_models.ids(seq=5, seed=9)["input_ids"]
+    full = activation_patching(llama_lm, a, b, logit_diff(1, 2), progress=False)
+    _StopAfter(monkeypatch, 3)
+    with pytest.raises(SweepInterrupted) as e:
+        activation_patching(llama_lm, a, b, logit_diff(1, 2), progress=False, memory_budget=1)
+    part = e.value.result
+    g = part.scores["block_output"]
+    assert not part.complete and int((~torch.isnan(g)).sum()) == 2
+    done = ~torch.isnan(g)
+    torch.testing.assert_close(g[done], full.scores["block_output"][done], atol=2e-6, rtol=0)
+    assert part.to_dict()["complete"] is False

@@ -14,7 +14,7 @@ SNIPPETS = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(enc
 #: What each snippet must print (a substring of its output per line it promises).
 EXPECTED = [
     ["' Madrid' -> ' Rome'"],
-    ["p_clean = 0.7", "torch.Size([30, 11])", "metric logit[", "torch.Size([6, 9])"],
+    ["p_clean = 0.70", "torch.Size([30, 10])", "metric logit(Paris) - logit(Rome): clean 2.8", "torch.Size([6, 9])"],
     ["True"],
 ]
 

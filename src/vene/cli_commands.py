@@ -288,14 +288,15 @@ def cmd_patch(args: argparse.Namespace) -> int:
     else:
         metric, desc = logprob(answer), f"log p({a.strip()})"
     _status(args, f"patching {len(args.components)} components; metric {desc}")
+    from .analysis.results import SweepInterrupted
+
     try:
         with torch.no_grad():
             result = activation_patching(model, clean_in, corr_in, metric, components=args.components,
                                          layers=args.layers, positions=positions, tokenizer=tok,
                                          progress=not args.no_progress, metric_name=desc)
-    except KeyboardInterrupt:
-        print("vene patch: interrupted; nothing saved (patching keeps no partial grid).", file=sys.stderr)
-        return 130
+    except SweepInterrupted as stop:
+        result = stop.result
     result.model_name, result.clean_prompt, result.corrupted_prompt = name, args.clean, args.corrupted
     out = _out_dir(args.out)
     from .analysis.results import write_json
@@ -305,6 +306,10 @@ def cmd_patch(args: argparse.Namespace) -> int:
     if not args.no_plot:
         normalize = result.clean_metric != result.corrupted_metric
         wrote = _save_figure(result.plot(normalize=normalize), out, "patch", args.format, args.dpi) + wrote
+    if not result.complete:
+        print(f"vene patch: interrupted: saved the finished cells (partial; the rest are blank/null) to "
+              f"{', '.join(wrote)}", file=sys.stderr)
+        return 130
     t = result.provenance.get("timings", {})
     print(f"activation patching of {name} in {t.get('record_s', 0) + t.get('sweep_s', 0):.1f} s; metric {desc}")
     print(result.summary())

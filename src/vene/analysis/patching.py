@@ -19,7 +19,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .causal_trace import n_layers_of, token_labels
-from .results import PatchingResult, provenance
+from .results import PatchingResult, SweepInterrupted, provenance
 from .sweep import Patch, SweepRunner
 
 Metric = Callable[[torch.Tensor], Any]
@@ -105,6 +105,10 @@ def activation_patching(
         memory_budget: bytes of activations per batched chunk (default 512 MiB).
         metric_name: what the metric is, for summaries and figures (default: the ``metric_name``
             attribute of the metric, which :func:`logit_diff` & co. set).
+
+    The progress bar counts patches (grid cells). Ctrl-C raises
+    :class:`~vene.analysis.results.SweepInterrupted` whose ``result`` has the finished cells
+    (NaN elsewhere).
     """
     import time
 
@@ -130,7 +134,7 @@ def activation_patching(
         raise ConfigError("components is empty.")
     sites = [(c, l) for c in components for l in grid_layers]
     runner = SweepRunner(model, clean_in, corr_in, sites, memory_budget=memory_budget, strategy=strategy,
-                         progress=progress, desc="activation patching")
+                         progress=False, desc="activation patching")
     head_lists: dict[str, list[int]] = {}
     cells: list[list[Patch]] = []
     shapes: dict[str, tuple[int, ...]] = {}
@@ -158,7 +162,19 @@ def activation_patching(
     def cell_values(logits: torch.Tensor) -> torch.Tensor:
         return torch.stack([_reduce(metric(lg)) for lg in logits])
 
-    values = runner.run(cells, cell_values)
+    values = torch.full((len(cells),), float("nan"))
+    per_chunk = max(1, runner.max_rows() // runner.S)
+    interrupted = False
+    from tqdm.auto import tqdm
+
+    try:  # chunk by chunk, so that Ctrl-C keeps the finished cells (and the bar counts patches)
+        with tqdm(total=len(cells), desc="activation patching", unit=" patches", smoothing=0,
+                  disable=not progress, leave=False) as bar:
+            for a in range(0, len(cells), per_chunk):
+                values[a: a + per_chunk] = runner.run(cells[a: a + per_chunk], cell_values).float()
+                bar.update(len(cells[a: a + per_chunk]))
+    except KeyboardInterrupt:
+        interrupted = True
     scores, at = {}, 0
     for comp in components:
         n = 1
@@ -172,7 +188,7 @@ def activation_patching(
     ids_c, ids_k = clean_in["input_ids"][0].tolist(), corr_in["input_ids"][0].tolist()
     timings = {"record_s": round(t_record - t_start, 3), "sweep_s": round(time.perf_counter() - t_record, 3)}
     decode = (lambda ids: tokenizer.decode(ids)) if tokenizer is not None else (lambda ids: None)
-    return PatchingResult(
+    result = PatchingResult(
         scores=scores, layers=grid_layers, positions=pos_list, heads=head_lists,
         clean_metric=float(_reduce(metric(clean_logits))), corrupted_metric=float(_reduce(metric(runner.base_logits))),
         tokens=token_labels(tokenizer, ids_c) if tokenizer is not None else None,
@@ -184,3 +200,6 @@ def activation_patching(
         model_name=getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__,
         provenance=provenance(strategy=runner.mode, fallback_reason=runner.fallback_reason, timings=timings),
     )
+    if interrupted:
+        raise SweepInterrupted(result) from None
+    return result

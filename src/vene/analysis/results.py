@@ -253,6 +253,11 @@ class PatchingResult:
     model_name: str | None = None
     provenance: dict = field(default_factory=dict)
 
+    @property
+    def complete(self) -> bool:
+        """Whether every cell was computed (False after Ctrl-C: the rest are NaN)."""
+        return not any(bool(torch.isnan(g).any()) for g in self.scores.values())
+
     def normalized(self) -> dict[str, torch.Tensor]:
         """Scores rescaled so that 0 is the corrupted run and 1 the clean run."""
         span = self.clean_metric - self.corrupted_metric
@@ -289,7 +294,7 @@ class PatchingResult:
             "tokens": self.tokens, "corrupted_tokens": self.corrupted_tokens,
             "layers": list(self.layers), "positions": list(self.positions),
             "heads": {c: list(h) for c, h in self.heads.items()},
-            "clean_metric": self.clean_metric, "corrupted_metric": self.corrupted_metric,
+            "clean_metric": self.clean_metric, "corrupted_metric": self.corrupted_metric, "complete": self.complete,
             "strategy": self.extra.get("strategy"), "fallback_reason": self.extra.get("fallback_reason"), "provenance": dict(self.provenance),
             "scores": {c: _grid_to_json(g) for c, g in self.scores.items()},
         }
