@@ -9,17 +9,19 @@ from __future__ import annotations
 
 from .causal_trace import (
     DEFAULT_COMPONENTS,
-    CausalTraceResult,
+    TraceWarning,
     causal_trace,
     find_subject_positions,
     guess_subject,
 )
-from .patching import PatchingResult, activation_patching, logit_diff, logprob, probability
+from .patching import activation_patching, logit_diff, logprob, probability
+from .results import CausalTraceResult, PatchingResult, SweepInterrupted
 from .plotting import draw_heatmap, heatmap, plot_causal_trace, plot_patching
 from .sweep import Patch, SweepFallbackWarning, SweepRunner
 
 __all__ = [
-    "DEFAULT_COMPONENTS", "CausalTraceResult", "Patch", "PatchingResult", "SweepFallbackWarning", "SweepRunner",
+    "DEFAULT_COMPONENTS", "CausalTraceResult", "Patch", "PatchingResult", "SweepFallbackWarning",
+    "SweepInterrupted", "SweepRunner", "TraceWarning",
     "activation_patching", "causal_trace", "draw_heatmap", "find_subject_positions", "guess_subject",
     "heatmap", "logit_diff", "logprob", "plot_causal_trace", "plot_patching", "probability",
 ]
