@@ -237,6 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-new-tokens", type=int, default=40)
     common(s, None)
     s.set_defaults(func=cmd_steer)
+
+    from .studies import ioi, probe_vs_das  # case studies: each module sets up its own command
+
+    probe_vs_das.add_parser(sub)
+    ioi.add_parser(sub)
     return ap
 
 

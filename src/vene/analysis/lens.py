@@ -191,14 +191,17 @@ def _head_split(model: nn.Module, layer: int, z: torch.Tensor) -> tuple[torch.Te
 def direct_logit_attribution(
     model: nn.Module,
     inputs: Any,
-    correct: int | str,
-    wrong: int | str | None = None,
+    correct: Any,
+    wrong: Any = None,
     tokenizer: Any = None,
     position: int = -1,
     heads: bool = True,
 ) -> GridSet:
     """Direct effect of every residual-stream part on ``logit[correct] - logit[wrong]`` (or on
     ``logit[correct]`` without ``wrong``) at ``position``, averaged over the batch.
+
+    ``correct`` / ``wrong``: a token id or text, or one id per example (a list or tensor of
+    ``batch`` ids, e.g. each IOI prompt's indirect object and subject).
 
     Returns a :class:`GridSet`: ``components`` (axis ``"component"``: ``embed``, ``attn 0``,
     ``mlp 0``, ... and ``bias`` for the norm and head biases) and, with ``heads=True``,
@@ -212,12 +215,19 @@ def direct_logit_attribution(
         raise ConfigError("Direct logit attribution needs logits linear in the final residual; this model soft-caps them.")
     ins = _as_inputs(inputs, tokenizer, "attribution")
 
-    def tok(x: int | str) -> int:
+    B = ins["input_ids"].shape[0]
+
+    def tok(x: Any) -> torch.Tensor:
         if isinstance(x, str):
             if tokenizer is None:
                 raise ConfigError("A text token needs tokenizer=.")
-            return int(tokenizer(x, add_special_tokens=False)["input_ids"][0])
-        return int(x)
+            x = int(tokenizer(x, add_special_tokens=False)["input_ids"][0])
+        t = torch.as_tensor(x, dtype=torch.long).flatten()
+        if t.numel() == 1:
+            t = t.expand(B)
+        if t.numel() != B:
+            raise ConfigError(f"Pass one token or one per example ({B}), not {t.numel()}.")
+        return t
 
     c_id = tok(correct)
     w_id = tok(wrong) if wrong is not None else None
@@ -238,22 +248,26 @@ def direct_logit_attribution(
                           "attribution needs that decomposition.")
     scale, bias, centre, kind = _norm_affine(norm, model, final)
     W = head.weight.float()
-    direction = W[c_id] - (W[w_id] if w_id is not None else 0.0)
+    direction = W[c_id] - (W[w_id] if w_id is not None else 0.0)  # (B, d)
     hb = getattr(head, "bias", None)
-    head_bias = float(hb[c_id] - (hb[w_id] if w_id is not None else 0.0)) if hb is not None else 0.0
+    head_bias = (hb[c_id] - (hb[w_id] if w_id is not None else 0.0)).float().mean() if hb is not None else torch.tensor(0.0)
 
     def direct(x: torch.Tensor) -> torch.Tensor:  # (B, d) -> (B,)
-        return ((scale * (x - centre * x.mean(-1, keepdim=True))) @ direction)
+        return ((scale * (x - centre * x.mean(-1, keepdim=True))) * direction).sum(-1)
 
     contrib = {k: direct(v).mean() for k, v in parts.items()}
-    contrib["bias"] = torch.tensor(float(bias @ direction) + head_bias)
+    contrib["bias"] = (direction @ bias).mean() + head_bias
     logits = cache.output.logits[:, position].float()
-    actual = (logits[:, c_id] - (logits[:, w_id] if w_id is not None else 0.0)).mean()
+    rows = torch.arange(B)
+    actual = (logits[rows, c_id] - (logits[rows, w_id] if w_id is not None else 0.0)).mean()
     names = list(contrib)
     values = torch.stack([contrib[k] for k in names])
-    target = f"logit[{c_id}]" + (f" - logit[{w_id}]" if w_id is not None else "")
-    if tokenizer is not None:
-        target = f"logit[{tokenizer.decode([c_id])!r}]" + (f" - logit[{tokenizer.decode([w_id])!r}]" if w_id is not None else "")
+    same = bool((c_id == c_id[0]).all()) and (w_id is None or bool((w_id == w_id[0]).all()))
+    dec = (lambda i: repr(tokenizer.decode([int(i)]))) if tokenizer is not None else (lambda i: str(int(i)))
+    if same:
+        target = f"logit[{dec(c_id[0])}]" + (f" - logit[{dec(w_id[0])}]" if w_id is not None else "")
+    else:
+        target = "logit[correct] - logit[wrong] (per example)" if w_id is not None else "logit[correct] (per example)"
     meta = {"final_norm": norm_path, "norm_kind": kind, "target": target, "logit_diff": float(actual),
             "sum": float(values.sum()), "position": position}
     grids = {"components": Grid(values, ("component",), {"component": names}, "direct effect",
