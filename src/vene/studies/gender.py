@@ -105,7 +105,20 @@ class DASBatch:
                 return _pronoun_logits(model, self.ids[:, self.pos:], he, she, self.past)
         finally:
             if self.past is not None:
-                self.past.crop(-(self.ids.shape[1] - self.pos))  # drop the step's keys/values again
+                self._restore_prefix()
+
+    def _restore_prefix(self) -> None:
+        """Drop the step's keys/values and cut the prefix loose from the step's graph."""
+        self.past.crop(-(self.ids.shape[1] - self.pos))
+        for layer in getattr(self.past, "layers", []):
+            for name in ("keys", "values"):
+                t = getattr(layer, name, None)
+                if isinstance(t, torch.Tensor):
+                    setattr(layer, name, t.detach())
+        for name in ("key_cache", "value_cache"):  # older transformers
+            lst = getattr(self.past, name, None)
+            if isinstance(lst, list):
+                lst[:] = [t.detach() for t in lst]
 
 
 def fit_probe(x_tr: torch.Tensor, y_tr: torch.Tensor, x_te: torch.Tensor, y_te: torch.Tensor, l2: float = 1e-2) -> float:
