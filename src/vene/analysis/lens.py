@@ -235,6 +235,12 @@ def direct_logit_attribution(
     comps = ["block_input", "attention_output", "mlp_output", "block_output"] + (["head_attention_value_output"] if heads else [])
     keep = {"block_input.0", f"block_output.{n - 1}"} | {f"{c}.{l}" for c in comps[1:] if c != "block_output" for l in range(n)}
     cache = run_with_cache(model, ins, comps, names_filter=lambda k: k in keep, positions=[position])
+    with torch.no_grad():  # parameters may require grad; nothing here is differentiated
+        return _dla(model, cache, n, c_id, w_id, B, position, heads, tokenizer)
+
+
+def _dla(model: nn.Module, cache: Any, n: int, c_id: torch.Tensor, w_id: torch.Tensor | None, B: int, position: int,
+         heads: bool, tokenizer: Any) -> GridSet:
     norm_path, norm, head = final_norm_and_head(model)
     final = cache["block_output", n - 1][:, 0].float()  # (B, d)
     parts = {"embed": cache["block_input", 0][:, 0].float()}
