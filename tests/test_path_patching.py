@@ -96,6 +96,20 @@ def test_direct_path_matches_hand_hooks(llama):
     assert grid.meta["base_metric"] != pytest.approx(grid.values[0, 1].item(), abs=1e-7)
 
 
+def test_readme_config_with_sources_matches_hand_hooks(llama):
+    """The README's way: wrap the config, call it with sources=[source, base]."""
+    base, source = tm.ids(2, 6, seed=1), tm.ids(2, 6, seed=2)
+    layer, head = 1, 2
+    m = pv.IntervenableModel(path_patching_config(layer, 3), model=llama)
+    n_res = len(m.sorted_keys) - 1
+    heads = [[[head]] * 2, [list(range(6))] * 2]
+    everywhere = [list(range(6))] * 2
+    locs = [heads] + [everywhere] * n_res
+    with torch.no_grad():
+        _, out = m(base, [source, base], {"sources->base": (locs, locs)})
+    assert float(METRIC(out.logits[:, -1]).mean()) == pytest.approx(_oracle(llama, base, source, layer, head), abs=1e-5)
+
+
 def test_path_to_receiver_queries_matches_hand_hooks(llama):
     base, source = tm.ids(2, 6, seed=3), tm.ids(2, 6, seed=4)
     recv = [("head_query_output", 2, 1), ("head_query_output", 2, 3)]

@@ -4,7 +4,9 @@
 sender head's ``head_attention_value_output`` (group 0) takes the *source* run's value, and the
 MLP of the sender's layer and every attention and MLP output after it (group 1) are restored to
 the *base* run's values. Called with ``sources=[source, base]`` the sender's change reaches the
-logits only along the residual stream (its direct path).
+logits only along the residual stream (its direct path). :func:`path_patching` records those
+values once (the source's head outputs, the base run's attention and MLP outputs) and hands them
+to each call as ``source_representations``: the same numbers, one forward pass per sender.
 
 :func:`path_patching` runs that for every sender head and returns a ``(layer, head)`` grid of the
 metric. With ``receivers`` (e.g. the queries of later heads) it measures the path sender ->
@@ -29,6 +31,7 @@ from ..errors import ConfigError
 from ..interventions import CollectIntervention, VanillaIntervention
 from ..model import IntervenableModel
 from ..components import resolve_site
+from .cache import run_with_cache
 from .causal_trace import n_layers_of
 from .patching import _as_inputs, _reduce
 from .results import Grid
@@ -121,38 +124,41 @@ def path_patching(
         for l, h in pairs:
             if any(rl <= l for _, rl, _ in recv):
                 raise ConfigError(f"sender at layer {l} is not below every receiver layer {[r[1] for r in recv]}.")
-    with torch.no_grad():
-        base_metric = float(_reduce(metric(_logits(model(**base_in))[:, -1].float())))
-        source_metric = float(_reduce(metric(_logits(model(**src_in))[:, -1].float())))
     grid = torch.full((n, n_heads), float("nan"))
     by_layer: dict[int, list[int]] = {}
     for l, h in pairs:
         by_layer.setdefault(l, []).append(h)
+    # The values every call needs, recorded once: the source's head outputs at the sender
+    # layers and the base run's attention and MLP outputs (the frozen sites).
+    sender_layers = sorted(by_layer)
+    src_heads = run_with_cache(model, src_in, ["head_attention_value_output"], layers=sender_layers)
+    frozen = run_with_cache(model, base_in, ["attention_output", "mlp_output"])
+    base_metric = float(_reduce(metric(_logits(frozen.output)[:, -1].float())))
+    source_metric = float(_reduce(metric(_logits(src_heads.output)[:, -1].float())))
     bar = tqdm(total=len(pairs), disable=not progress, desc="path patching")
     for layer, heads in by_layer.items():
         last = n if recv is None else max(rl for _, rl, _ in recv)
         config = path_patching_config(layer, last)
-        n_res = len(config.representations) - 1
+        restoring = [(r.component, r.layer) for r in config.representations[1:]]
         if recv is not None:
             for c, rl, _ in recv:
                 config.add_intervention({"layer": rl, "component": c, "unit": "h.pos" if resolve_site(model, c, rl).head_layout else "pos",
                                          "group_key": 2, "intervention_type": CollectIntervention})
         pv = IntervenableModel(config, model=model)
+        frozen_reps = [frozen[c, l] for c, l in restoring]  # (B, seq, d): every position
         for h in heads:
-            src_locs = [_heads_locs(h, pos, B)] + [_pos_locs(list(range(seq)), B)] * n_res
-            locs = {"sources->base": (src_locs, src_locs)}
-            sources = [src_in, base_in]
+            z = src_heads["head_attention_value_output", layer][:, h: h + 1, pos]  # (B, 1, P, head_dim)
+            locs = [_heads_locs(h, pos, B)] + [_pos_locs(list(range(seq)), B)] * len(restoring)
+            reps = [z] + frozen_reps
             if recv is not None:
-                rl = [_heads_locs(rh, rpos, B) if rh is not None else _pos_locs(rpos, B) for _, _, rh in recv]
-                locs = {"sources->base": (src_locs + [None] * len(recv), src_locs + rl)}
-                sources = [src_in, base_in, None]
+                locs += [_heads_locs(rh, rpos, B) if rh is not None else _pos_locs(rpos, B) for _, _, rh in recv]
+                reps += [None] * len(recv)
             with torch.no_grad():
-                out = pv(base_in, sources, locs)
+                out = pv(base_in, unit_locations={"base": locs}, source_representations=reps)
             if recv is None:
                 value = float(_reduce(metric(_logits(out[1])[:, -1].float())))
             else:
-                collected = out[0][1]
-                value = _set_receivers(model, base_in, recv, rpos, collected, metric, B)
+                value = _set_receivers(model, base_in, recv, rpos, out[0][1], metric, B)
             grid[layer, h] = value
             bar.update(1)
     bar.close()
