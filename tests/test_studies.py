@@ -83,9 +83,11 @@ def test_cli_studies_write_png_and_json(tmp_path, capsys):
     assert (tmp_path / "g" / "probe_vs_das.png").stat().st_size > 0
     # the name token at the last layer cannot reach the last position's output: IIA is chance or below
     assert data["results"]["name"]["das"][1] <= 0.6
-    assert main(["ioi", "--prompts", "4", "--top-heads", "2", "--out", str(tmp_path / "i"), "--no-progress"]) == 0
+    assert main(["ioi", "--prompts", "4", "--top-heads", "2", "--layers", "23,29", "--out", str(tmp_path / "i"),
+                 "--no-progress"]) == 0
     data = json.loads((tmp_path / "i" / "ioi.json").read_text())
     assert data["logit_diff"]["clean"] > data["logit_diff"]["corrupted"]
-    assert len(data["heads_that_matter"]) == 2
+    assert len(data["heads_that_matter"]) == 2 and data["layers"] == [23, 29]
+    assert {h["layer"] for h in data["heads_that_matter"]} <= {23, 29}
     assert (tmp_path / "i" / "ioi.png").stat().st_size > 0
     assert "heads that matter" in capsys.readouterr().out

@@ -12,6 +12,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--prompts", type=int, default=8, help="number of IOI prompts (default 8)")
     p.add_argument("--names", type=int, default=10, help="names kept, those the model handles best (default 10)")
     p.add_argument("--top-heads", type=int, default=10, help="heads path-patched (default 10)")
+    p.add_argument("--layers", default=None, help="comma-separated layers whose heads are patched (default: all)")
     add_common(p, "out/ioi")
     p.set_defaults(func=run)
     return p
@@ -21,8 +22,9 @@ def run(args: argparse.Namespace) -> int:
     from .ioi_circuit import run_study
 
     model, tok, name = load(args)
-    out, fig = run_study(model, tok, n_prompts=args.prompts, n_names=args.names, top_heads=args.top_heads, seed=args.seed,
-                         progress=not args.no_progress)
+    layers = None if args.layers is None else [int(x) for x in args.layers.split(",")]
+    out, fig = run_study(model, tok, n_prompts=args.prompts, n_names=args.names, top_heads=args.top_heads, layers=layers,
+                         seed=args.seed, progress=not args.no_progress)
     out["model"] = name
     wrote = write_outputs(args.out, "ioi", out, fig, args.dpi)
     ld = out["logit_diff"]

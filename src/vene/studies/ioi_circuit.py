@@ -91,9 +91,10 @@ def select_names(model: nn.Module, tok: Any, k: int, rng: random.Random) -> tupl
     return ranked[:k], score
 
 
-def run_study(model: nn.Module, tok: Any, n_prompts: int = 8, n_names: int = 10, top_heads: int = 10, seed: int = 0,
-              progress: bool = True) -> tuple[dict, Any]:
-    """The IOI analysis; returns (JSON-able data, figure)."""
+def run_study(model: nn.Module, tok: Any, n_prompts: int = 8, n_names: int = 10, top_heads: int = 10,
+              layers: Sequence[int] | None = None, seed: int = 0, progress: bool = True) -> tuple[dict, Any]:
+    """The IOI analysis; returns (JSON-able data, figure). ``layers``: the layers whose heads
+    are patched (default: all)."""
     timer = Timer()
     rng = random.Random(seed)
     with timer.step("select names"):
@@ -110,10 +111,11 @@ def run_study(model: nn.Module, tok: Any, n_prompts: int = 8, n_names: int = 10,
 
     end = clean["input_ids"].shape[1] - 1
     with timer.step("attribution patching (heads)"):
-        attr = attribution_patching(model, clean, corrupted, metric, components=["head_attention_value_output"], positions=[end])
+        attr = attribution_patching(model, clean, corrupted, metric, components=["head_attention_value_output"],
+                                    layers=layers, positions=[end])
     with timer.step("activation patching (heads)"):
         exact = activation_patching(model, clean, corrupted, metric, components=["head_attention_value_output"],
-                                    positions=[end], progress=progress)
+                                    layers=layers, positions=[end], progress=progress)
     agree = compare_with_patching(attr, exact)["head_attention_value_output"]
     with timer.step("direct logit attribution"):
         dla = direct_logit_attribution(model, clean, io, s)
@@ -122,15 +124,17 @@ def run_study(model: nn.Module, tok: Any, n_prompts: int = 8, n_names: int = 10,
     effect = (patched - corr_ld) / (clean_ld - corr_ld)  # fraction of the logit difference restored
     order = effect.abs().flatten().argsort(descending=True)[:top_heads].tolist()
     n_heads = effect.shape[1]
-    top = [(i // n_heads, i % n_heads) for i in order]
+    layer_list = list(exact.layers)
+    top = [(layer_list[i // n_heads], i % n_heads) for i in order]
     with timer.step("path patching (top heads -> logits)"):
         pp = path_patching(model, corrupted, clean, metric, senders=top, progress=progress)
-    path_effect = (pp.values - corr_ld) / (clean_ld - corr_ld)
+    path_effect = (pp.values - corr_ld) / (clean_ld - corr_ld)  # (all layers, heads)
+    row = {l: i for i, l in enumerate(layer_list)}
     heads = []
     for l, h in top:
-        heads.append({"layer": l, "head": h, "activation_patching": round(float(effect[l, h]), 4),
+        heads.append({"layer": l, "head": h, "activation_patching": round(float(effect[row[l], h]), 4),
                       "path_patching_direct": round(float(path_effect[l, h]), 4),
-                      "attribution": round(float(attr["head_attention_value_output"].values[l, 0, h] / (clean_ld - corr_ld)), 4),
+                      "attribution": round(float(attr["head_attention_value_output"].values[row[l], 0, h] / (clean_ld - corr_ld)), 4),
                       "direct_logit_attribution": round(float(dla["heads"].values[l, h]), 4)})
     out = {
         "study": "ioi", "names": names, "name_scores": {k: round(v, 3) for k, v in name_scores.items()},
@@ -140,7 +144,7 @@ def run_study(model: nn.Module, tok: Any, n_prompts: int = 8, n_names: int = 10,
         "attribution_vs_activation_patching": agree,
         "activation_patching_restored": effect.tolist(),
         "attribution_restored": (attr["head_attention_value_output"].values[:, 0, :] / (clean_ld - corr_ld)).tolist(),
-        "dla_heads": dla["heads"].values.tolist(), "dla_components": dict(zip(dla["components"].labels["component"],
+        "layers": layer_list, "dla_heads": dla["heads"].values[layer_list].tolist(), "dla_components": dict(zip(dla["components"].labels["component"],
                                                                           dla["components"].values.tolist())),
         "dla_logit_diff": dla.meta["logit_diff"],
         "timings_s": {}, "sweep_strategy": exact.extra.get("strategy"),
@@ -163,6 +167,7 @@ def plot_ioi(out: dict):
     at = torch.tensor(out["attribution_restored"])
     dl = torch.tensor(out["dla_heads"])
     n_layers, n_heads = ap.shape
+    layer_labels = [str(l) for l in out.get("layers", range(n_layers))]
     fig = _figure((16.0, max(4.0, 0.2 * n_layers + 1.5)))
     lim = float(max(ap.abs().max(), at.abs().max())) or 1.0
     for k, (grid, title, label) in enumerate([
@@ -173,7 +178,7 @@ def plot_ioi(out: dict):
         ax = fig.add_subplot(1, 4, k + 1)
         m = float(grid.abs().max()) or 1.0
         v = lim if k < 2 else m
-        draw_heatmap(ax, grid, [str(l) for l in range(n_layers)], [str(h) for h in range(n_heads)], title=title,
+        draw_heatmap(ax, grid, layer_labels, [str(h) for h in range(n_heads)], title=title,
                      xlabel="head", ylabel="layer" if k == 0 else None, cmap="RdBu_r", vmin=-v, vmax=v, colorbar_label=label)
     ax = fig.add_subplot(1, 4, 4)
     heads = out["heads_that_matter"]
