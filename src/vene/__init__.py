@@ -30,6 +30,12 @@ def _load_api() -> None:
 def __getattr__(name: str):  # PEP 562
     if name.startswith("__") and name != "__all__":
         raise AttributeError(name)
+    import importlib
+    import importlib.util
+
+    if not _loaded and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        # a submodule (``from . import engine`` inside vene): import just it, not the whole API
+        return importlib.import_module(f"{__name__}.{name}")
     _load_api()
     try:
         return globals()[name]

@@ -225,3 +225,90 @@ def plot_patching(result: Any, components: Sequence[str] | None = None, normaliz
     if heading:
         fig.suptitle(heading, fontsize=9)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# generic labelled grids (vene.analysis.grids)
+
+
+def _short(label: Any) -> str:
+    return repr(label)[1:-1] if isinstance(label, str) else str(label)
+
+
+def _draw_grid(ax: Any, grid: Any, title: str | None = None, centered: bool | None = None, **kwargs: Any) -> None:
+    vals = grid.values
+    if centered is None:
+        centered = bool(vals.numel()) and float(vals.min()) < 0 < float(vals.max())
+    if vals.dim() == 1:
+        labels = [_short(l) for l in grid.labels[grid.axes[0]]]
+        colors = ["#b2182b" if v >= 0 else "#2166ac" for v in vals.tolist()]
+        ax.bar(range(len(labels)), vals.numpy(), color=colors)
+        step = max(1, -(-len(labels) // 40))
+        ax.set_xticks(list(range(0, len(labels), step)))
+        ax.set_xticklabels([labels[i] for i in range(0, len(labels), step)], rotation=90, fontsize=7)
+        ax.set_xlabel(grid.axes[0])
+        ax.set_ylabel(grid.name)
+        ax.axhline(0.0, color="black", linewidth=0.5)
+        if title:
+            ax.set_title(title, fontsize=10)
+        return
+    if centered and "vmin" not in kwargs and "vmax" not in kwargs:
+        lim = float(vals.abs().max()) or 1.0
+        kwargs.update(vmin=-lim, vmax=lim)
+        kwargs.setdefault("cmap", "RdBu_r")
+    r, c = grid.axes
+    draw_heatmap(ax, vals, [_short(l) for l in grid.labels[r]], [_short(l) for l in grid.labels[c]],
+                 title=title, ylabel=r, xlabel=c, colorbar_label=kwargs.pop("colorbar_label", grid.name), **kwargs)
+
+
+def plot_grid(grid: Any, title: str | None = None, figsize: tuple[float, float] | None = None, **kwargs: Any):
+    """Plot a :class:`vene.analysis.grids.Grid`: bars (1 axis), heatmap (2 axes), or one
+    heatmap per label of the first axis (3 axes, at most 12 panels)."""
+    vals = grid.values
+    if vals.dim() == 0 or vals.dim() > 3:
+        raise ConfigError(f"plot() draws grids with 1 to 3 axes; this one has axes {grid.axes}.")
+    if vals.dim() <= 2:
+        n_r = vals.shape[0] if vals.dim() == 2 else 8
+        n_c = vals.shape[-1]
+        fig = _figure(figsize or (max(4.0, 0.22 * n_c + 2.5), max(2.8, 0.28 * n_r + 1.4)))
+        _draw_grid(fig.add_subplot(1, 1, 1), grid, title=title or grid.meta.get("title"), **kwargs)
+        return fig
+    first = grid.axes[0]
+    labs = grid.labels[first][:12]
+    n_r, n_c = vals.shape[1], vals.shape[2]
+    fig = _figure(figsize or (len(labs) * max(3.0, 0.22 * n_c + 2.0), max(2.8, 0.28 * n_r + 1.4)))
+    lim = float(vals.abs().max()) or 1.0
+    for k, lab in enumerate(labs):
+        sub = grid.sel(**{first: lab})
+        kw = dict(kwargs)
+        if float(vals.min()) < 0 < float(vals.max()):
+            kw.setdefault("vmin", -lim)
+            kw.setdefault("vmax", lim)
+            kw.setdefault("cmap", "RdBu_r")
+        _draw_grid(fig.add_subplot(1, len(labs), k + 1), sub, title=f"{first} {_short(lab)}", **kw)
+    return fig
+
+
+def plot_grids(grids: Sequence[Any], figsize: tuple[float, float] | None = None, max_panels: int = 12, **kwargs: Any):
+    """One panel per grid, side by side; a 3-axis grid gets one panel per label of its middle axis
+    (e.g. one (layer x head) panel per position)."""
+    panels = []
+    for g in grids:
+        if g.values.dim() == 3:
+            mid = g.axes[1]
+            for lab in g.labels[mid]:
+                sub = g.sel(**{mid: lab})
+                panels.append((sub, f"{g.meta.get('title', g.name)} @ {mid} {_short(lab)}"))
+        elif g.values.dim() in (1, 2):
+            panels.append((g, g.meta.get("title", g.name)))
+        else:
+            raise ConfigError(f"plot_grids draws grids with 1 to 3 axes, not {g.axes}.")
+    if not panels:
+        raise ConfigError("Nothing to plot: no grids.")
+    panels = panels[:max_panels]
+    w = max(max(3.5, 0.22 * g.values.shape[-1] + 2.5) for g, _ in panels)
+    h = max(max(2.8, 0.28 * (g.values.shape[0] if g.values.dim() == 2 else 8) + 1.4) for g, _ in panels)
+    fig = _figure(figsize or (w * len(panels), h))
+    for k, (g, title) in enumerate(panels):
+        _draw_grid(fig.add_subplot(1, len(panels), k + 1), g, title=title, **kwargs)
+    return fig
