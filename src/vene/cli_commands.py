@@ -368,7 +368,9 @@ def cmd_steer(args: argparse.Namespace) -> int:
     pv_model = IntervenableModel(
         [{"layer": l % n_layers, "component": args.component, "intervention_type": AdditionIntervention} for l in layers],
         model)
-    prompt = tok(args.prompt, return_tensors="pt")
+    # only what generation needs: some tokenizers also return token_type_ids, which causal LMs
+    # refuse in generate() (transformers 4.x)
+    prompt = {k: v for k, v in tok(args.prompt, return_tensors="pt").items() if k in ("input_ids", "attention_mask")}
     gen = {"max_new_tokens": args.max_new_tokens, "do_sample": False}
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     if pad is not None:

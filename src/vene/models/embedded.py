@@ -89,9 +89,20 @@ def default_cache_dir() -> Path:
     return base / "vene"
 
 
+def _transformers_major() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("transformers").split(".", 1)[0]
+    except Exception:  # noqa: BLE001  (not installed: loading fails later with its own message)
+        return "none"
+
+
 def _model_dir(cache_dir: Optional[Union[str, os.PathLike]]) -> Path:
+    """The converted copy's folder. One per transformers major version: a copy saved by
+    transformers 5 (its tokenizer class) does not load in transformers 4, and both are supported."""
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return root / EMBEDDED_MODEL_ID
+    return root / f"transformers-{_transformers_major()}" / EMBEDDED_MODEL_ID
 
 
 def embedded_gguf_file() -> Path:
