@@ -275,7 +275,15 @@ class IntervenableConfig:
 
     @classmethod
     def from_json_string(cls, text: str) -> "IntervenableConfig":
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except RecursionError:
+            raise ConfigError("The config JSON is nested too deeply to be an IntervenableConfig.") from None
+        except ValueError as e:
+            raise ConfigError(f"The config is not valid JSON: {e}") from None
+        if not isinstance(data, dict) or "representations" not in data:
+            raise ConfigError("An IntervenableConfig JSON is an object with a 'representations' list.")
+        return cls.from_dict(data)
 
     def __repr__(self) -> str:
         return f"IntervenableConfig\n{self.to_json_string(display=True)}"
