@@ -359,6 +359,7 @@ def bad_calls(draw):
         "pos_out_of_range", "negative_pos", "negative_head", "head_out_of_range", "rows_vs_batch",
         "ragged", "not_int", "too_many_entries", "unknown_key", "no_sources", "source_batch",
         "subspace_out_of_range", "subspace_rows", "both_keys", "serial_key", "bad_type",
+        "duplicate_base", "negative_subspace",
     ]))
     if defect in ("negative_head", "head_out_of_range") and not two:
         defect = "negative_pos"
@@ -428,6 +429,17 @@ def bad_calls(draw):
     elif defect == "serial_key":
         ul = {"source_0->base": 1}
         words = ["mode='serial'"]
+    elif defect == "duplicate_base":
+        p = draw(st.integers(0, SEQ - 1))
+        rows = [[p, p]] * batch
+        side = [[[0]] * batch, rows] if two else rows
+        src_side = [[[0]] * batch, [[1, 2]] * batch] if two else [[1, 2]] * batch
+        ul = {"sources->base": ([src_side], [side])}
+        words = ["twice", str(p)]
+    elif defect == "negative_subspace":
+        f = draw(st.integers(-8, -1))
+        subspaces = [[[f]] * batch]
+        words = ["subspace index", str(f), "out of range"]
     elif defect == "bad_type":
         ul = draw(st.sampled_from([[1], 3, "pos"]))
         words = ["unit_locations must be a dict"]
@@ -473,29 +485,26 @@ def site_configs(draw):
     return name, cfg
 
 
-def expected_problem(name: str, cfg: dict) -> str | None:
-    """The field an invalid config must be refused for (None: valid), written from the rules."""
-    comp = cfg["component"]
-    m = cfg["max_number_of_units"]
+def expected_problems(name: str, cfg: dict) -> set[str]:
+    """The fields an invalid config may be refused for (empty: valid), written from the rules."""
+    comp, m, r, t = cfg["component"], cfg["max_number_of_units"], cfg.get("low_rank_dimension"), cfg["intervention_type"]
     if m < 1:
-        return "max_number_of_units"
+        return {"max_number_of_units"}
     if comp not in POS_COMPONENTS[name] + HEAD_COMPONENTS[name]:
-        return "component"
+        return {"component"}
     if not 0 <= cfg["layer"] < 3:
-        return "layer"
+        return {"layer"}
+    out = set()
     head = comp in HEAD_COMPONENTS[name]
     if cfg["unit"] != "pos" and not head:
-        return "heads"
+        out.add("heads")
     if m > (heads_of(name, comp) if head else 32):  # tiny models: 4 (or 2) heads, 32 positions
-        return "max_number_of_units"
-    r = cfg.get("low_rank_dimension")
+        out.add("max_number_of_units")
     if r is not None and r < 1:
-        return "low_rank_dimension"
-    t = cfg["intervention_type"]
-    width = (D // 4 if head else D) * m
-    if t is pv.LowRankRotatedSpaceIntervention and (r is None or r > width):
-        return "low_rank_dimension"
-    return None
+        out.add("low_rank_dimension")
+    if not out and t is pv.LowRankRotatedSpaceIntervention and (r is None or r > (D // 4 if head else D) * m):
+        out.add("low_rank_dimension")
+    return out
 
 
 @budget(400)
@@ -503,11 +512,11 @@ def expected_problem(name: str, cfg: dict) -> str | None:
 def test_configs_are_built_as_specified_or_refused_naming_the_field(case, seed):
     name, cfg = case
     m = model(name)
-    problem = expected_problem(name, cfg)
-    if problem is not None:
+    problems = expected_problems(name, cfg)
+    if problems:
         with pytest.raises(pv.VeneError) as err:
             pv.IntervenableModel(cfg, m)
-        assert problem in str(err.value), (cfg, str(err.value))
+        assert any(p in str(err.value) for p in problems), (cfg, str(err.value))
         assert no_hooks(m)
         return
     im = pv.IntervenableModel(cfg, m)
@@ -537,7 +546,7 @@ def test_configs_are_built_as_specified_or_refused_naming_the_field(case, seed):
     # projection of (source - base) onto the learned directions
     mod, pre, _ = oracle_module(name, cfg["component"], cfg["layer"])
     S = tm.capture(m, mod, src, pre=pre)
-    dh = D // heads
+    dh = D // 4  # every head is 8 wide (the Llama's 2 key/value heads too)
 
     def cells_of(X):
         if two:

@@ -410,3 +410,18 @@ def test_10_negative_heads_are_refused_like_negative_positions(gpt2):
         im(tm.ids(1, 6, 1), [tm.ids(1, 6, 2)], {"sources->base": pv.GET_LOC((-1, 1))})
     with pytest.raises(pv.LocationError, match="negative source pos location -2"):
         im(tm.ids(1, 6, 1), [tm.ids(1, 6, 2)], {"sources->base": pv.GET_LOC((1, -2))})
+
+
+def test_10_unknown_intervenable_config_arguments_warn(gpt2):
+    with pytest.warns(UserWarning, match="unknown argument.*'sorted_key'.*Did you mean 'sorted_keys'"):
+        pv.IntervenableConfig({"layer": 0, "component": "block_output"}, sorted_key=["x"])
+
+
+def test_found_by_the_property_suite_duplicate_base_units_and_negative_subspaces(gpt2):
+    im = pv.IntervenableModel({"layer": 0, "component": "block_output"}, gpt2)
+    base, src = tm.ids(1, 6, 1), tm.ids(1, 6, 2)
+    with pytest.raises(pv.LocationError, match="list 3 twice"):  # which source wins was undefined
+        im(base, [src], {"sources->base": ([[[1, 2]]], [[[3, 3]]])})
+    im(base, [src], {"sources->base": ([[[1, 1]]], [[[2, 3]]])})  # reading a unit twice is fine
+    with pytest.raises(pv.ShapeMismatchError, match="subspace index -1 is out of range"):  # was: the last feature
+        im(base, [src], {"sources->base": 1}, subspaces=[[[-1]]])

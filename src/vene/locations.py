@@ -121,6 +121,18 @@ def _rows(value: Any, batch: int, key: str, side: str, what: str) -> list[list[i
     return rows
 
 
+def _check_unique(rows: list[list[int]], key: str, what: str) -> None:
+    """A base unit listed twice in one example would be written twice, and which write wins is
+    undefined (an addition would land once): refused."""
+    for i, r in enumerate(rows):
+        if len(set(r)) != len(r):
+            dup = next(v for v in r if r.count(v) > 1)
+            raise LocationError(
+                f"{key}: the base {what} of example {i} list {dup} twice ({r}); each base unit can be "
+                "written once. (Source units may repeat.)"
+            )
+
+
 def build_loc(entry: Any, unit: str, batch: int, key: str, side: str) -> Loc | None:
     """Turn one intervention's canonical entry into a :class:`Loc` (None = whole tensor)."""
     if entry is None:
@@ -138,6 +150,9 @@ def build_loc(entry: Any, unit: str, batch: int, key: str, side: str) -> Loc | N
             low = min(min(r) for r in rows)
             if low < 0:
                 raise LocationError(f"{key}: negative {side} {level} location {low}; locations count from 0.")
+        if side == "base":
+            _check_unique(r1, key, unit.split(".")[0] + " locations")
+            _check_unique(r2, key, unit.split(".")[1] + " locations")
         t1 = torch.tensor(r1, dtype=torch.long)
         t2 = torch.tensor(r2, dtype=torch.long)
         return Loc(t1, t2, max(max(r) for r in r1), max(max(r) for r in r2))
@@ -145,6 +160,8 @@ def build_loc(entry: Any, unit: str, batch: int, key: str, side: str) -> Loc | N
     mins = min(min(r) for r in rows)
     if mins < 0:
         raise LocationError(f"{key}: negative {side} location {mins}; locations count from 0.")
+    if side == "base" and unit != "t":  # time steps: checked per step (engine._TimeIndex)
+        _check_unique(rows, key, f"{unit} locations")
     shared = all(r == rows[0] for r in rows)
     return Loc(torch.tensor(rows, dtype=torch.long), None, max(max(r) for r in rows), 0, shared)
 

@@ -98,6 +98,10 @@ def state_loads(directory: str, config: dict[str, Any], im: Any) -> list[Callabl
         if callable(convert):
             state = dict(convert(state))
         src = state.pop("source_representation", None)
+        if src is not None:
+            from .serialization import _check_source_width
+
+            _check_source_width(iv, key, im._specs[key].site.dim, src)
         if not isinstance(iv, TrainableIntervention):
             state = {}
         elif state:

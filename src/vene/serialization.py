@@ -5,7 +5,8 @@ A saved directory holds three files::
     intervention_config.json   format version, library version, base-model identity, mode, key
                                order, and per intervention: key, registered type name, site
                                (every RepresentationConfig field), resolved module, the
-                               constructor call (all arguments), tensor names, linked key
+                               constructor call (all arguments), tensor names, linked key; the
+                               sha256 of the tensor file ("files", format 2)
     interventions.safetensors  every tensor: "<key>.<state name>" (weights, buffers, constant
                                sources), "<key>.__init__.<arg>" (tensor constructor arguments not
                                already stored as state), "base_model.<name>" (include_model=True)
@@ -13,7 +14,12 @@ A saved directory holds three files::
 
 Types resolve through the intervention registry (``vene.register_intervention``); a name read from
 a file is never imported. Linked interventions are stored once (``"shares_with"``) and reload
-linked. Writes go to a temporary directory first, then are renamed into place.
+linked. A save is complete in a sibling temporary folder before it is swapped in (atomically
+where the system can exchange two directories), so an interrupted save never leaves a mix.
+
+Loading checks before it builds or changes anything: unknown or mistyped config fields, the
+checksum, NaN/Inf, tensor shapes, sizes against the site (before allocating), symlinks out of a
+local folder (:mod:`vene.hub`). See docs/errors.md.
 
 Directories written by pyvene (``config.json`` + ``intkey_<key>.bin``) load too: see
 :mod:`vene.pyvene_format`.
@@ -537,9 +543,10 @@ def _precheck_size(entry: dict[str, Any], model: nn.Module, kw: dict[str, Any], 
         )
 
 
-def _check_source_width(iv: nn.Module, key: str, site_dim: int | None) -> None:
-    """A constant source must have the feature size of the site (or of the whole intervention)."""
-    src = getattr(iv, "source_representation", None)
+def _check_source_width(iv: nn.Module, key: str, site_dim: int | None, src: Any = None) -> None:
+    """A constant source (``src``, default: the one ``iv`` holds) must have the feature size of the
+    site (or of the whole intervention)."""
+    src = getattr(iv, "source_representation", None) if src is None else src
     if not isinstance(src, torch.Tensor) or site_dim is None:
         return
     widths = {site_dim} | ({int(iv.embed_dim)} if getattr(iv, "embed_dim", None) is not None else set())
@@ -698,6 +705,7 @@ def load_into(im: Any, load_directory: Any, include_model: bool = True, **hub_kw
             if type(iv) is not registered_interventions().get(str(e.get("type"))):
                 raise SerializationError(f"{key}: saved as {e.get('type')}, but this model has a {type(iv).__name__} there.")
             state = _entry_state(e, tensors)
+            _check_source_width(iv, key, im._specs[key].site.dim, state.get("source_representation"))
             dev = device_of(iv, im.get_device())
             restore_state(iv, state, key, dev, apply=False)
             steps.append(lambda iv=iv, s=state, k=key, d=dev: restore_state(iv, s, k, d, apply=True))

@@ -259,8 +259,12 @@ def feature_mask(
                 idx.extend(partition[s])
             else:
                 idx.append(s)
-        if idx and (max(idx) >= d or min(idx) < -d):
-            raise ShapeMismatchError(f"subspace index {max(idx)} is out of range for {d} features.")
+        if idx and (max(idx) >= d or min(idx) < 0):
+            bad = max(idx) if max(idx) >= d else min(idx)
+            raise ShapeMismatchError(
+                f"subspace index {bad} is out of range for {d} features (0..{d - 1}; indices count from 0, "
+                "as locations do)."
+            )
         mask[i, idx] = True
     mask = mask.to(device)
     if cache is not None:

@@ -6,7 +6,10 @@ Shapes. Each intervention acts on ``n`` features (``embed_dim`` = the component'
 ``units*d == n`` (flattened here), and any input whose last dimension is a multiple of ``n`` (each
 block of ``n`` features is treated alike: a ``max_number_of_units=1`` rotation applied to the whole
 sequence acts position by position). So every type works for any number of units (pyvene's
-boundless and mask interventions crashed with ``max_number_of_units > 1``).
+boundless and mask interventions crashed with ``max_number_of_units > 1``). Through an
+``IntervenableModel`` a call must select exactly ``max_number_of_units`` units when that is above 1
+(``units_sized``; see ``vene.locations.check_unit_counts``): otherwise a mismatch whose sizes
+happened to multiply out would silently rotate, e.g., two positions of one head as one vector.
 
 Subspaces. ``subspaces`` (per example; partition ids when the intervention has a
 ``subspace_partition``) select which coordinates are swapped, in the *intervention's* basis: rotated
