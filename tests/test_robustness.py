@@ -18,7 +18,7 @@ import serialization_cases as C
 import tiny_models as tm
 import vene as pv
 from serialization_cases import FIXTURES, fixture_model
-from vene import serialization
+from vene import artifact_fs, serialization
 from vene.serialization import CONFIG_NAME, WEIGHTS_NAME
 
 
@@ -106,7 +106,7 @@ def test_3_a_crash_while_overwriting_leaves_the_old_or_the_new_folder(tmp_path, 
             return real[name](*a, **k)
         return fn
 
-    real_exchange = serialization._exchange
+    real_exchange = artifact_fs._exchange
 
     def exchange_fn(a, b):
         if not exchange:
@@ -118,7 +118,7 @@ def test_3_a_crash_while_overwriting_leaves_the_old_or_the_new_folder(tmp_path, 
 
     for n in real:
         monkeypatch.setattr(os, n, flaky(n))
-    monkeypatch.setattr(serialization, "_exchange", exchange_fn)
+    monkeypatch.setattr(artifact_fs, "_exchange", exchange_fn)
     try:
         new_im.save(target)
         saved = True
@@ -224,7 +224,7 @@ def _rewrite_tensors(directory, fn):
     fn(tensors)
     save_file(tensors, path)
     cfg = _cfg(directory)
-    cfg["files"][WEIGHTS_NAME]["sha256"] = serialization._sha256(path)
+    cfg["files"][WEIGHTS_NAME]["sha256"] = artifact_fs.sha256_file(path)
     _write_cfg(directory, cfg)
 
 

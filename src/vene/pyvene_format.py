@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .artifact_checks import check_source_width
 from .config import IntervenableConfig, RepresentationConfig, to_representation
 from .errors import ConfigError, SerializationError
 from .interventions import TrainableIntervention, get_intervention_class
@@ -99,9 +100,7 @@ def state_loads(directory: str, config: dict[str, Any], im: Any) -> list[Callabl
             state = dict(convert(state))
         src = state.pop("source_representation", None)
         if src is not None:
-            from .serialization import _check_source_width
-
-            _check_source_width(iv, key, im._specs[key].site.dim, src)
+            check_source_width(iv, key, im._specs[key].site.dim, src)
         if not isinstance(iv, TrainableIntervention):
             state = {}
         elif state:

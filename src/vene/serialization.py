@@ -26,13 +26,10 @@ Directories written by pyvene (``config.json`` + ``intkey_<key>.bin``) load too:
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import logging
 import os
-import shutil
-import sys
 import tempfile
 import warnings
 from typing import Any, Callable
@@ -41,8 +38,10 @@ import torch
 from torch import nn
 
 from .config import IntervenableConfig, RepresentationConfig, to_representation
-from .errors import ArtifactNotFoundError, ConfigError, CorruptArtifactError, SerializationError, did_you_mean
+from .errors import ArtifactNotFoundError, ConfigError, CorruptArtifactError, SerializationError
 from .interventions import LambdaIntervention, get_intervention_class, registered_interventions
+from .artifact_checks import check_schema, check_source_width, precheck_size
+from .artifact_fs import sha256_file, write_directory
 from .state_io import (TensorStore, check_finite, decode_value, device_of, encode_value, model_param_loader,
                        restore_state)
 
@@ -202,111 +201,6 @@ def describe(im: Any, include_model: bool = False) -> tuple[dict[str, Any], dict
 # files
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _exchange(a: str, b: str) -> bool:
-    """Atomically swap the directories ``a`` and ``b`` (Linux ``renameat2(RENAME_EXCHANGE)``);
-    False where the system cannot."""
-    libc = _libc()
-    if libc is None:
-        return False
-    AT_FDCWD, RENAME_EXCHANGE = -100, 2
-    rc = libc.renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE)
-    return rc == 0
-
-
-_LIBC: list = []
-
-
-def _libc() -> Any:
-    if not _LIBC:
-        lib = None
-        if sys.platform.startswith("linux"):
-            try:
-                import ctypes
-
-                lib = ctypes.CDLL(None, use_errno=True)
-                lib.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-            except (OSError, AttributeError):
-                lib = None
-        _LIBC.append(lib)
-    return _LIBC[0]
-
-
-def _carry(src: str, dst: str) -> None:
-    """Put the entry ``src`` of the old folder at ``dst`` in the new one (hard links where possible)."""
-    def link_or_copy(a: str, b: str) -> None:
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
-
-    if os.path.islink(src):
-        os.symlink(os.readlink(src), dst)
-    elif os.path.isdir(src):
-        shutil.copytree(src, dst, symlinks=True, copy_function=link_or_copy)
-    else:
-        link_or_copy(src, dst)
-
-
-def _swap_in(tmp: str, directory: str) -> None:
-    """Make the complete folder ``tmp`` become ``directory``; afterwards ``tmp`` holds the old one.
-
-    Atomic where the system can exchange two directories; otherwise the old folder is first moved
-    to a sibling (intact) and moved back if the second rename fails."""
-    if _exchange(tmp, directory):
-        return
-    parent, base = os.path.split(directory)
-    old = tempfile.mkdtemp(prefix=f".{base}.old-", dir=parent)
-    os.rmdir(old)
-    os.rename(directory, old)
-    try:
-        os.rename(tmp, directory)
-    except BaseException:
-        os.rename(old, directory)
-        raise
-    try:  # the new folder is in place: the old one is only cleaned up from here
-        os.rename(old, tmp)
-    except OSError:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _write_directory(directory: Any, fill: Callable[[str], None], owned: tuple[str, ...]) -> str:
-    """Write a folder with ``fill(tmp_dir)`` and put it at ``directory`` in one step.
-
-    The new folder is complete in a sibling temporary directory before anything at ``directory``
-    changes; an existing folder is then swapped for it (entries other than ``owned`` files are
-    carried over), so a crash at any point leaves either the old folder or the new one."""
-    directory = os.path.abspath(os.path.expanduser(os.fspath(directory)))
-    if os.path.exists(directory) and not os.path.isdir(directory):
-        raise SerializationError(f"{directory!r} is a file; saving needs a directory path.")
-    directory = os.path.realpath(directory)  # a symlinked folder is written where it points
-    parent, base = os.path.split(directory.rstrip(os.sep)) if directory != os.sep else (os.sep, "")
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
-    try:
-        fill(tmp)
-        if not os.path.exists(directory):
-            try:
-                os.rename(tmp, directory)
-                return directory
-            except OSError:  # created meanwhile: swap below
-                pass
-        for entry in os.listdir(directory):
-            if entry not in owned and not os.path.lexists(os.path.join(tmp, entry)):
-                _carry(os.path.join(directory, entry), os.path.join(tmp, entry))
-        _swap_in(tmp, directory)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
-
-
 def write_artifact(directory: Any, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
     """Write ``config`` + ``tensors`` as an artifact folder; the config records the sha256 of the
     tensor file, which loading verifies."""
@@ -317,13 +211,13 @@ def write_artifact(directory: Any, config: dict[str, Any], tensors: dict[str, to
     def fill(tmp: str) -> None:
         weights = os.path.join(tmp, WEIGHTS_NAME)
         save_file(tensors, weights, metadata={"format": "pt", "vene_format_version": str(FORMAT_VERSION)})
-        full = dict(config, files={WEIGHTS_NAME: {"sha256": _sha256(weights), "bytes": os.path.getsize(weights)}})
+        full = dict(config, files={WEIGHTS_NAME: {"sha256": sha256_file(weights), "bytes": os.path.getsize(weights)}})
         text = json.dumps(full, indent=2, sort_keys=True, allow_nan=False) + "\n"
         for name, content in ((CONFIG_NAME, text), (CARD_NAME, render_model_card(full))):
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
                 f.write(content)
 
-    return _write_directory(directory, fill, ARTIFACT_FILES)
+    return write_directory(directory, fill, ARTIFACT_FILES)
 
 
 def save(im: Any, save_directory: Any, include_model: bool = False) -> str:
@@ -332,57 +226,6 @@ def save(im: Any, save_directory: Any, include_model: bool = False) -> str:
     path = write_artifact(save_directory, config, tensors)
     logger.info("Saved %d interventions to %s", len(config["interventions"]), path)
     return path
-
-
-_TOP_FIELDS = {
-    "format_version": int, "library": str, "library_version": (str, type(None)), "base_model": dict,
-    "mode": str, "sorted_keys": (list, type(None)), "options": dict, "interventions": list,
-    "base_model_params": list, "files": dict,
-}
-_ENTRY_FIELDS = {
-    "key": str, "type": str, "group": int, "resolved": dict, "init": dict, "tensors": list,
-    "is_source_constant": (bool, type(None)), "shares_with": (str, type(None)), "site": dict,
-}
-_OPTION_FIELDS = ("use_fast", "batch_sources", "as_adaptor")
-
-
-def _check_fields(obj: dict, fields: dict, where: str, path: str) -> None:
-    for name, value in obj.items():
-        if name not in fields:
-            raise SerializationError(
-                f"{path!r}: unknown field {name!r} in {where}.{did_you_mean(name, fields)} Known fields: "
-                f"{', '.join(sorted(fields))}. A newer vene may have written it (upgrade vene), or the "
-                "file was edited by hand."
-            )
-        want = fields[name]
-        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-            names = " or ".join(t.__name__ for t in (want if isinstance(want, tuple) else (want,)))
-            raise SerializationError(f"{path!r}: field {name!r} of {where} must be {names}, got {value!r:.80}.")
-
-
-def check_schema(config: dict[str, Any], path: str = CONFIG_NAME) -> None:
-    """Refuse unknown or mistyped fields in a vene config (nothing in it is silently ignored)."""
-    _check_fields(config, _TOP_FIELDS, "the config", path)
-    if config.get("mode", "parallel") not in ("parallel", "serial"):
-        raise SerializationError(f"{path!r}: mode must be 'parallel' or 'serial', got {config['mode']!r}.")
-    unknown = [k for k in config.get("options") or {} if k not in _OPTION_FIELDS]
-    if unknown:
-        raise SerializationError(f"{path!r}: unknown option {unknown[0]!r}; known options: {', '.join(_OPTION_FIELDS)}.")
-    for i, e in enumerate(config.get("interventions") or []):
-        if not isinstance(e, dict):
-            raise SerializationError(f"{path!r}: intervention {i} is not an object.")
-        _check_fields(e, _ENTRY_FIELDS, f"intervention {i}", path)
-        bad = [f for f in e.get("site") or {} if f not in _SITE_FIELDS]
-        if bad:
-            raise SerializationError(
-                f"{path!r}: intervention {i} has unknown site field {bad[0]!r}.{did_you_mean(bad[0], _SITE_FIELDS)}"
-            )
-        if not all(isinstance(t, str) for t in e.get("tensors") or []):
-            raise SerializationError(f"{path!r}: the tensor names of intervention {i} must be strings.")
-    files = config.get("files") or {}
-    for name, info in files.items():
-        if name != WEIGHTS_NAME or not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
-            raise SerializationError(f"{path!r}: 'files' must map {WEIGHTS_NAME!r} to {{'sha256': <hex>, 'bytes': <int>}}.")
 
 
 def read_config(directory: str) -> tuple[str, dict[str, Any]]:
@@ -466,7 +309,7 @@ def _read_tensors(directory: str, config: dict[str, Any]) -> dict[str, torch.Ten
             "its integrity cannot be verified. Re-save it to add one.", UserWarning, stacklevel=4,
         )
     else:
-        actual = _sha256(path)
+        actual = sha256_file(path)
         if actual != recorded:
             raise CorruptArtifactError(
                 f"{path!r} does not match the checksum recorded when it was saved (sha256 {actual[:16]}... "
@@ -510,53 +353,6 @@ def _entries(config: dict[str, Any]) -> list[dict[str, Any]]:
     return entries
 
 
-def _precheck_size(entry: dict[str, Any], model: nn.Module, kw: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-    """Check the saved sizes against the site on ``model`` before the constructor allocates."""
-    from .components import resolve_site
-    from .errors import VeneError
-    from .locations import MAX_UNITS, unit_axis_size
-
-    key = entry["key"]
-    fields = {f: decode_value(v, tensors, key) for f, v in (entry.get("site") or {}).items()}
-    try:
-        rep = to_representation(fields, 0)
-        site = resolve_site(model, rep.component, rep.layer, rep.moe_key)
-    except VeneError as err:
-        raise SerializationError(f"{key}: the saved site does not exist on this model: {err}") from None
-    saved = (entry.get("resolved") or {}).get("dim")
-    if isinstance(saved, int) and site.dim is not None and saved != site.dim:
-        raise SerializationError(
-            f"{key} was saved for a site {saved} features wide; on this model {site.describe()} is "
-            f"{site.dim} wide (shape mismatch: another model size?)."
-        )
-    embed = kw.get("embed_dim")
-    if site.dim is None or embed is None:
-        return
-    if not isinstance(embed, int) or isinstance(embed, bool) or embed < 1:
-        raise CorruptArtifactError(f"{key}: the saved embed_dim {embed!r:.40} is not a positive int.")
-    size, axis = unit_axis_size(rep.unit, site, model)
-    units, rest = divmod(embed, site.dim)
-    if rest or units > (size or MAX_UNITS):
-        raise CorruptArtifactError(
-            f"{key}: the saved embed_dim {embed} does not fit {site.describe()}: it must be a multiple of the "
-            f"unit size {site.dim}, at most {site.dim} x {size or MAX_UNITS} {axis if size else 'units'}."
-        )
-
-
-def _check_source_width(iv: nn.Module, key: str, site_dim: int | None, src: Any = None) -> None:
-    """A constant source (``src``, default: the one ``iv`` holds) must have the feature size of the
-    site (or of the whole intervention)."""
-    src = getattr(iv, "source_representation", None) if src is None else src
-    if not isinstance(src, torch.Tensor) or site_dim is None:
-        return
-    widths = {site_dim} | ({int(iv.embed_dim)} if getattr(iv, "embed_dim", None) is not None else set())
-    if src.dim() == 0 or src.shape[-1] not in widths:
-        raise CorruptArtifactError(
-            f"{key}: the saved constant source has shape {tuple(src.shape)}, but the site's features are "
-            f"{site_dim} wide; it was saved for another model, or is damaged."
-        )
-
-
 def _build_vene(config: dict[str, Any], tensors: dict[str, torch.Tensor], model: nn.Module, kwargs: dict) -> Any:
     from .model import IntervenableModel
 
@@ -576,7 +372,7 @@ def _build_vene(config: dict[str, Any], tensors: dict[str, torch.Tensor], model:
             init = e.get("init") or {}
             args = decode_value(init.get("args", []), tensors, key)
             kw = _filter_kwargs(cls, decode_value(init.get("kwargs", {}), tensors, key), key)
-            _precheck_size(e, model, kw, tensors)
+            precheck_size(e, model, kw, tensors)
             try:
                 iv = cls(*args, **kw)
             except Exception as err:
@@ -615,7 +411,7 @@ def _build_vene(config: dict[str, Any], tensors: dict[str, torch.Tensor], model:
         if const is not None:
             iv.is_source_constant = bool(const)
     for key in built:
-        _check_source_width(im.interventions[key], key, im._specs[key].site.dim)
+        check_source_width(im.interventions[key], key, im._specs[key].site.dim)
     return im
 
 
@@ -705,7 +501,7 @@ def load_into(im: Any, load_directory: Any, include_model: bool = True, **hub_kw
             if type(iv) is not registered_interventions().get(str(e.get("type"))):
                 raise SerializationError(f"{key}: saved as {e.get('type')}, but this model has a {type(iv).__name__} there.")
             state = _entry_state(e, tensors)
-            _check_source_width(iv, key, im._specs[key].site.dim, state.get("source_representation"))
+            check_source_width(iv, key, im._specs[key].site.dim, state.get("source_representation"))
             dev = device_of(iv, im.get_device())
             restore_state(iv, state, key, dev, apply=False)
             steps.append(lambda iv=iv, s=state, k=key, d=dev: restore_state(iv, s, k, d, apply=True))
