@@ -57,7 +57,8 @@ def test_round_trip_is_bit_identical(name, tmp_path):
     C.assert_same_state(im, loaded)
     C.assert_same_run(ref, C.run(loaded, base, src))
     cfg = _config(tmp_path / "art")
-    assert cfg["format_version"] == 1 and cfg["library"] == "vene"
+    assert cfg["format_version"] == 2 and cfg["library"] == "vene"
+    assert len(cfg["files"][WEIGHTS_NAME]["sha256"]) == 64
     assert [e["type"] for e in cfg["interventions"]] == [name]
 
 

@@ -12,6 +12,7 @@ from .config import IntervenableConfig, RepresentationConfig
 from .errors import (
     ArtifactNotFoundError,
     ConfigError,
+    CorruptArtifactError,
     HookNotFiredError,
     LocationError,
     SerializationError,
@@ -111,7 +112,7 @@ __all__ = [
     "ShapeMismatchError", "SharedWeightsTrainableIntervention", "SkipIntervention",
     "SourceError", "SourcelessIntervention", "SubtractionIntervention", "TrainableIntervention",
     "UnknownComponentError", "UnknownInterventionTypeError", "VanillaIntervention", "VeneError",
-    "ArtifactNotFoundError", "SerializationError", "UnsafeArtifactError",
+    "ArtifactNotFoundError", "CorruptArtifactError", "SerializationError", "UnsafeArtifactError",
     "ZeroIntervention", "build_intervenable_model", "components", "count_parameters",
     "create_gpt2", "create_gpt2_lm", "create_gpt_neo", "create_gpt_neox", "create_gru", "create_gru_classifier", "create_llama", "create_gru_lm", "create_mlp_classifier",
     "embed_to_distrib", "format_token", "get_batch_size", "get_intervention_class",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import inspect
 import json
 import types
+import warnings
 from typing import Any, Iterable, NamedTuple
 
 import torch
@@ -144,6 +145,13 @@ def _from_jsonable(value: Any) -> Any:
     return value
 
 
+#: keys a transformers ``PretrainedConfig`` (pyvene's base class) writes into every config.json
+_PRETRAINED_CONFIG_KEYS = {"transformers_version", "_name_or_path", "architectures", "torch_dtype", "dtype",
+                           "model_type", "return_dict", "output_hidden_states", "output_attentions"}
+_INIT_ARGS = ("representations", "intervention_types", "mode", "sorted_keys", "model_type",
+              "intervention_dimensions", "intervention_constant_sources")
+
+
 class IntervenableConfig:
     """A list of sites plus how to run them.
 
@@ -179,7 +187,13 @@ class IntervenableConfig:
         self.model_type = model_type
         self.intervention_dimensions = intervention_dimensions
         self.intervention_constant_sources = intervention_constant_sources
-        for k, v in kwargs.items():  # pyvene's PretrainedConfig accepted arbitrary extras
+        unused = [k for k in kwargs if k not in _PRETRAINED_CONFIG_KEYS]
+        if unused:  # pyvene's PretrainedConfig accepted arbitrary extras: kept, but not silently
+            warnings.warn(
+                f"IntervenableConfig: unknown argument(s) {unused} are kept as attributes but do nothing."
+                f"{did_you_mean(unused[0], _INIT_ARGS)}", UserWarning, stacklevel=2,
+            )
+        for k, v in kwargs.items():
             setattr(self, k, v)
 
     @staticmethod
@@ -291,7 +305,15 @@ class IntervenableConfig:
 
     @classmethod
     def from_json_string(cls, text: str) -> "IntervenableConfig":
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except RecursionError:
+            raise ConfigError("The config JSON is nested too deeply to be an IntervenableConfig.") from None
+        except ValueError as e:
+            raise ConfigError(f"The config is not valid JSON: {e}") from None
+        if not isinstance(data, dict) or "representations" not in data:
+            raise ConfigError("An IntervenableConfig JSON is an object with a 'representations' list.")
+        return cls.from_dict(data)
 
     def __repr__(self) -> str:
         return f"IntervenableConfig\n{self.to_json_string(display=True)}"

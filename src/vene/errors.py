@@ -59,6 +59,11 @@ class UnsafeArtifactError(SerializationError):
     """A saved file would run code when read (e.g. a pickle holding more than tensors); refused."""
 
 
+class CorruptArtifactError(SerializationError):
+    """A saved file fails an integrity check: its checksum differs from the one recorded at save
+    time, it holds NaN/Inf, or a tensor has the wrong shape for the intervention it belongs to."""
+
+
 class ArtifactNotFoundError(VeneError, FileNotFoundError):
     """A local artifact directory does not exist, or a Hub repo could not be fetched."""
 

@@ -10,12 +10,13 @@
 """
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import re
 from typing import Any
 
-from .errors import ArtifactNotFoundError, SerializationError
+from .errors import ArtifactNotFoundError, SerializationError, UnsafeArtifactError
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,32 @@ def is_explicit_local_path(path: str) -> bool:
         or "\\" in path
         or os.path.isabs(path)
     )
+
+
+def check_contained(directory: str) -> None:
+    """Refuse a local artifact folder whose files are symlinks to somewhere outside it.
+
+    Loading reads the artifact's files only; a link out of the folder (``intkey_x.bin ->
+    /home/me/.ssh/...``) would make a downloaded folder read, or a crafted one substitute, files
+    chosen by whoever made it. Links between files inside the folder are fine, and so are a Hub cache
+    snapshot's links into its own ``blobs/``."""
+    root = os.path.realpath(directory)
+    allowed = [root]
+    snapshots = os.path.dirname(root)
+    if os.path.basename(snapshots) == "snapshots":  # a Hub cache snapshot links into its blobs/
+        allowed.append(os.path.join(os.path.dirname(snapshots), "blobs"))
+    for name in sorted(os.listdir(directory)):
+        if not any(fnmatch.fnmatchcase(name, p) for p in _artifact_patterns(True)):
+            continue
+        path = os.path.join(directory, name)
+        if not os.path.islink(path):
+            continue
+        target = os.path.realpath(path)
+        if not any(os.path.commonpath([a, target]) == a for a in allowed):
+            raise UnsafeArtifactError(
+                f"{path!r} is a symlink to {target!r}, outside the artifact folder {root!r}; refusing to "
+                "follow it. Copy the file into the folder if you trust it."
+            )
 
 
 def _artifact_patterns(include_model: bool) -> list[str]:
@@ -59,6 +86,7 @@ def resolve_artifact(
     expanded = os.path.expanduser(raw)
     if not force_hub:
         if os.path.isdir(expanded):
+            check_contained(expanded)
             return expanded
         if os.path.exists(expanded):
             raise SerializationError(f"{raw!r} is a file; give the directory that holds the saved interventions.")

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .errors import LocationError
+from .errors import ConfigError, LocationError, ShapeMismatchError, SourceError
 
 
 _BATCH_INDEX: dict = {}
@@ -107,7 +107,9 @@ def _rows(value: Any, batch: int, key: str, side: str, what: str) -> list[list[i
             )
         raise LocationError(
             f"{key}: {side} {what} has {len(value)} rows but the batch has {batch} examples "
-            "(one list of units per example is expected)."
+            "(one list of units per example is expected)"
+            + ("; for different source and base units write a tuple, ([source units], [base units])."
+               if len(value) == 2 else ".")
         )
     rows = []
     width = None
@@ -128,6 +130,18 @@ def _rows(value: Any, batch: int, key: str, side: str, what: str) -> list[list[i
     return rows
 
 
+def _check_unique(rows: list[list[int]], key: str, what: str) -> None:
+    """A base unit listed twice in one example would be written twice, and which write wins is
+    undefined (an addition would land once): refused."""
+    for i, r in enumerate(rows):
+        if len(set(r)) != len(r):
+            dup = next(v for v in r if r.count(v) > 1)
+            raise LocationError(
+                f"{key}: the base {what} of example {i} list {dup} twice ({r}); each base unit can be "
+                "written once. (Source units may repeat.)"
+            )
+
+
 def build_loc(entry: Any, unit: str, batch: int, key: str, side: str) -> Loc | None:
     """Turn one intervention's canonical entry into a :class:`Loc` (None = whole tensor)."""
     if entry is None:
@@ -141,6 +155,13 @@ def build_loc(entry: Any, unit: str, batch: int, key: str, side: str) -> Loc | N
             )
         r1 = _rows(entry[0], batch, key, side, unit.split(".")[0] + " locations")
         r2 = _rows(entry[1], batch, key, side, unit.split(".")[1] + " locations")
+        for rows, level in ((r1, unit.split(".")[0]), (r2, unit.split(".")[1])):
+            low = min(min(r) for r in rows)
+            if low < 0:
+                raise LocationError(f"{key}: negative {side} {level} location {low}; locations count from 0.")
+        if side == "base":
+            _check_unique(r1, key, unit.split(".")[0] + " locations")
+            _check_unique(r2, key, unit.split(".")[1] + " locations")
         t1 = torch.tensor(r1, dtype=torch.long)
         t2 = torch.tensor(r2, dtype=torch.long)
         return Loc(t1, t2, max(max(r) for r in r1), max(max(r) for r in r2))
@@ -148,6 +169,8 @@ def build_loc(entry: Any, unit: str, batch: int, key: str, side: str) -> Loc | N
     mins = min(min(r) for r in rows)
     if mins < 0:
         raise LocationError(f"{key}: negative {side} location {mins}; locations count from 0.")
+    if side == "base" and unit != "t":  # time steps: checked per step (engine._TimeIndex)
+        _check_unique(rows, key, f"{unit} locations")
     shared = all(r == rows[0] for r in rows)
     return Loc(torch.tensor(rows, dtype=torch.long), None, max(max(r) for r in rows), 0, shared)
 
@@ -168,10 +191,15 @@ def _expand(value: Any, n: int, batch: int, under_base: bool, entry_depth: int =
         return ([e] * n if not under_base else None), [e] * n
     if under_base:
         return None, value
+    if isinstance(value, list) and len(value) == 2 and entry_depth == 2 and all(_is_int_list(v) for v in value):
+        # [[a, ...], [b, ...]]: read as a (SRC, BASE) pair, each side would be bare ints, which is
+        # no per-intervention entry; it is one intervention's [batch][units], used on both sides
+        return value, value
     if isinstance(value, list) and len(value) != 2 and _depth(value) in (entry_depth, entry_depth + 1):
         return value, value  # one location list used on both sides (e.g. GET_LOC(...))
     if isinstance(value, tuple) and len(value) == 2:
-        return value[0], value[1]
+        # a side given as a flat list of ints means those units in every example
+        return tuple([[list(v)] * batch] * n if _is_int_list(v) and entry_depth == 2 else v for v in value)
     if isinstance(value, list) and len(value) == 2 and all(v is None or isinstance(v, (list, tuple)) for v in value):
         return value[0], value[1]
     raise LocationError(
@@ -180,9 +208,18 @@ def _expand(value: Any, n: int, batch: int, under_base: bool, entry_depth: int =
     )
 
 
-def _depth(x: Any) -> int:
+#: deeper unit_locations / subspaces nesting than any valid form (a guard against runaway input)
+MAX_NESTING = 32
+
+
+def _depth(x: Any, level: int = 0) -> int:
     if isinstance(x, (list, tuple)):
-        inner = [_depth(v) for v in x if v is not None]
+        if level > MAX_NESTING:
+            raise LocationError(
+                f"unit_locations are nested more than {MAX_NESTING} levels deep; the deepest valid form is "
+                "[intervention][2][batch][units] (two-level units)."
+            )
+        inner = [_depth(v, level + 1) for v in x if v is not None]
         return 1 + (max(inner) if inner else 0)
     return 0
 
@@ -364,3 +401,128 @@ def GET_LOC(LOC: tuple[int, int], unit: str = "h.pos", batch_size: int = 1) -> l
     if unit != "h.pos":
         raise NotImplementedError(f"GET_LOC builds 'h.pos' locations only, not {unit!r}.")
     return [[[[LOC[0]]] * batch_size, [[LOC[1]]] * batch_size]]
+
+
+# ---------------------------------------------------------------------------------------------
+# validation of a site's unit settings (construction) and of a call's unit counts and sources
+
+
+#: config attributes that give the longest sequence a model takes (the bound of "pos" units)
+_POSITION_ATTRS = ("n_positions", "max_position_embeddings", "n_ctx", "max_seq_len", "seq_length")
+_HEAD_ATTRS = ("n_head", "num_attention_heads", "num_heads", "n_heads")
+#: a generic bound on the units of one site where the model does not tell its sizes
+MAX_UNITS = 1 << 16
+
+
+def _config_int(cfg: Any, names: Sequence[str]) -> int | None:
+    for sub in (cfg, getattr(cfg, "text_config", None)):
+        for a in names:
+            v = getattr(sub, a, None)
+            if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+                return v
+    return None
+
+
+def unit_axis_size(unit: str, site: Any, model: Any) -> tuple[int | None, str]:
+    """``(size, name)`` of the axis that ``max_number_of_units`` counts at ``site``: heads on head
+    components, positions otherwise (None when the model does not say)."""
+    cfg = getattr(model, "config", None)
+    if site.head_layout:
+        return (site.n_heads or _config_int(cfg, _HEAD_ATTRS)), "heads"
+    if unit == "pos":
+        return _config_int(cfg, _POSITION_ATTRS), "positions"
+    return None, f"{unit.split('.')[0]!r} units"
+
+
+def check_site(rep: Any, site: Any, model: Any, where: str) -> None:
+    """Refuse unit settings that cannot fit ``site``, before anything is allocated.
+
+    * ``"h"`` / ``"h.pos"`` need a component split into heads (pyvene refuses them elsewhere too);
+    * ``max_number_of_units`` is at most the size of the axis it counts (heads or positions);
+    * ``low_rank_dimension`` / ``latent_dim`` are positive ints when given.
+    """
+    unit = rep.unit
+    if unit.split(".")[0] == "h" and not site.head_layout:
+        raise ConfigError(
+            f"{where}: unit {unit!r} indexes attention heads, but {rep.component!r} "
+            f"({site.describe()}) is not split into heads. Use a head component such as "
+            "'head_attention_value_output' / 'head_query_output', or unit 'pos'."
+        )
+    for name in ("low_rank_dimension", "latent_dim"):
+        v = getattr(rep, name, None)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise ConfigError(f"{where}: '{name}' must be a positive int, got {v!r}.")
+    size, axis = unit_axis_size(unit, site, model)
+    m = rep.max_number_of_units
+    bound = size if size is not None else MAX_UNITS
+    if m > bound:
+        raise ConfigError(
+            f"{where}: max_number_of_units={m} but {rep.component!r} has "
+            + (f"only {size} {axis}" if size is not None else f"no known size, and {MAX_UNITS} {axis} is the limit")
+            + "; it counts the units one intervention acts on at once (it sizes the intervention's weights)."
+        )
+
+
+def check_unit_counts(keys: Sequence[str], widths: Sequence[int | None], locs: Sequence[Loc | None], side: str) -> None:
+    """An intervention whose weights span ``widths[i]`` units (None: sized per unit, any count works)
+    must be given exactly that many units per example (a ``ShapeMismatchError``); a one-unit width is applied unit by unit,
+    so any count works there too. (A mismatch whose sizes happened to multiply out would otherwise
+    run silently, e.g. positions rotated as one vector.)"""
+    for key, m, loc in zip(keys, widths, locs):
+        if m is None or m == 1 or loc is None:
+            continue
+        got = loc.idx.shape[1]
+        if got != m:
+            raise ShapeMismatchError(
+                f"{key}: max_number_of_units={m}, so this intervention acts on exactly {m} units at once, "
+                f"but the {side} locations select {got} per example. Select {m} units, or set "
+                f"max_number_of_units={got} (a new intervention of that width)."
+            )
+
+
+def check_sources_given(keys: Sequence[str], reads_source: Sequence[bool], reps: Any, sources_given: bool) -> None:
+    """A call with ``sources=None`` and no ``source_representations`` at all cannot run an
+    intervention that reads a source: it would return the un-intervened output. (Source
+    representations given for some keys only are a deliberate choice, e.g. in serial mode.)"""
+    if sources_given or reps:
+        return
+    missing = [k for k, r in zip(keys, reads_source) if r]
+    if missing:
+        raise SourceError(
+            f"{missing[0]} reads a source, but the call has sources=None and no source_representations "
+            f"for it{f' (nor for {len(missing) - 1} more)' if len(missing) > 1 else ''}, so it would not run "
+            "and the output would be un-intervened. Pass sources=[...] (a dict of inputs per group) or "
+            "source_representations=...; to skip it on purpose, pass sources=[None] for its group."
+        )
+
+
+def units_width(intervention: Any, site: Any, unit: str) -> int | None:
+    """How many units the weights of ``intervention`` span at ``site`` (None: it is sized per unit,
+    or does not say). Interventions declare it with ``units_sized = True``."""
+    if unit == "t" or not getattr(intervention, "units_sized", False) or not site.dim:
+        return None
+    n = getattr(intervention, "embed_dim", None)
+    if n is None:
+        return None
+    n = int(n)
+    return n // site.dim if n % site.dim == 0 else None
+
+
+def check_sorted_keys(sort_fn: Any, model: Any, representations: Any, keys: Sequence[str]) -> list[str]:
+    """The key order ``intervenables_sort_fn(model, representations)`` gives, checked to be a
+    permutation of ``keys``."""
+    if not callable(sort_fn):
+        raise ConfigError(
+            f"intervenables_sort_fn must be a function (model, representations) -> ordered keys, got "
+            f"{type(sort_fn).__name__} {sort_fn!r:.60}."
+        )
+    order = sort_fn(model, representations)
+    try:
+        order = list(order)
+    except TypeError:
+        raise ConfigError(f"intervenables_sort_fn returned {type(order).__name__}, not a list of keys.") from None
+    if sorted(map(str, order)) != sorted(keys) or len(order) != len(keys):
+        raise ConfigError(
+            f"intervenables_sort_fn returned {order!r:.200}, which is not an ordering of the keys {list(keys)}."
+        )
+    return order

@@ -23,7 +23,15 @@ from .interventions import (
     LambdaIntervention,
     NoiseIntervention,
 )
-from .locations import normalise_subspaces, normalise_unit_locations
+from .locations import (
+    check_site,
+    check_sorted_keys,
+    check_sources_given,
+    check_unit_counts,
+    normalise_subspaces,
+    normalise_unit_locations,
+    units_width,
+)
 from .model_helpers import ParameterHelpersMixin
 from .serialization import SerializationMixin
 from .training.guards import check_gradient_checkpointing
@@ -168,6 +176,7 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
             counts[prefix] = n + 1
             key = f"{prefix}#{n}"
             site = resolve_site(model, rep.component, rep.layer, rep.moe_key)
+            check_site(rep, site, model, key)
             intervention = self._build_intervention(config, i, rep, site)
             if callable(getattr(intervention, "bind_site", None)):  # e.g. LoRA infers its input size
                 intervention.bind_site(get_module(model, site.module_path), site)
@@ -205,7 +214,7 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
                 raise ConfigError(f"config.sorted_keys {config.sorted_keys} do not match the sites {keys}.")
             keys = list(config.sorted_keys)
         elif intervenables_sort_fn is not None:
-            keys = list(intervenables_sort_fn(model, self.representations))
+            keys = check_sorted_keys(intervenables_sort_fn, model, self.representations, keys)
         self.sorted_keys: list[str] = keys
         self.n_groups = len(ordered_groups) if ordered_groups is not None else len(keys)
         self._intervention_group = {g: [k for k in keys if self._specs[k].group == g] for g in range(self.n_groups)}
@@ -327,7 +336,10 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
         # training loop) reuses the index tensors built last time, already on the device.
         cache_key = None
         if unit_locations is not None:
-            text = repr(unit_locations)
+            try:
+                text = repr(unit_locations)
+            except RecursionError:  # far too deep to be valid: normalising says so
+                text = "tensor"
             # only plain Python values: a tensor's repr may be summarised, so it is no key
             if len(text) <= 4096 and "tensor" not in text and "array" not in text and "..." not in text:
                 cache_key = (batch, text)
@@ -349,6 +361,10 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
                 self.__dict__["_loc_cache"] = (cache_key, normalised)
         src_locs, base_locs, src_given, base_given, target = (list(part) for part in normalised)
         subs = normalise_subspaces(subspaces, keys, batch)
+        check_sources_given(keys, [not s.constant for s in specs], reps, sources is not None)
+        widths = [units_width(s.intervention, s.site, s.unit) for s in specs]
+        check_unit_counts(keys, widths, base_locs, "base")
+        check_unit_counts(keys, widths, src_locs, "source")
 
         active = []
         needs_getter = []

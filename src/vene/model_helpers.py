@@ -32,6 +32,15 @@ class ParameterHelpersMixin:
         return torch.device("cpu")
 
     def set_device(self, device: Any, set_model: bool = True) -> None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            from .errors import ConfigError
+
+            raise ConfigError(
+                f"set_device: {device!r} is not a device ({str(e).splitlines()[0][:120]}); use e.g. "
+                "'cpu', 'cuda', 'cuda:1' or a torch.device."
+            ) from None
         for iv in self.interventions.values():
             iv.to(device)
         if set_model:

@@ -18,10 +18,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .artifact_checks import check_source_width
 from .config import IntervenableConfig, RepresentationConfig, to_representation
 from .errors import ConfigError, SerializationError
 from .interventions import TrainableIntervention, get_intervention_class
-from .state_io import device_of, restore_state, safe_torch_load
+from .state_io import check_tensor_dict, device_of, restore_state, safe_torch_load
 
 CONFIG_NAME = "config.json"
 MODEL_NAME = "pytorch_model.bin"
@@ -82,16 +83,24 @@ def state_loads(directory: str, config: dict[str, Any], im: Any) -> list[Callabl
         done.add(id(iv))
         dev = device_of(iv, im.get_device())
         path = os.path.join(directory, f"intkey_{key}.bin")
-        if not os.path.isfile(path) and im.representations[key].hidden_source_representation:
-            raise SerializationError(f"{key} had a constant source, but {os.path.basename(path)} is missing from {directory!r}.")
-        state = safe_torch_load(path) if os.path.isfile(path) else {}
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise SerializationError(f"{path!r} does not hold a dict of tensors.")
-        state = dict(state)
+        if not os.path.isfile(path):
+            if im.representations[key].hidden_source_representation:
+                raise SerializationError(f"{key} had a constant source, but {os.path.basename(path)} is missing from {directory!r}.")
+            if isinstance(iv, TrainableIntervention):
+                # pyvene writes one for every trainable intervention: without it the weights would
+                # be a fresh random initialisation
+                raise SerializationError(
+                    f"{key} is a trainable {type(iv).__name__}, but its weights file {os.path.basename(path)} "
+                    f"is missing from {directory!r}; loading would silently use freshly initialised "
+                    "(random) weights. Copy the file back, or build the intervention anew if that is what you want."
+                )
+        state = check_tensor_dict(safe_torch_load(path), path) if os.path.isfile(path) else {}
         convert = getattr(iv, "convert_pyvene_state_dict", None)
         if callable(convert):
             state = dict(convert(state))
         src = state.pop("source_representation", None)
+        if src is not None:
+            check_source_width(iv, key, im._specs[key].site.dim, src)
         if not isinstance(iv, TrainableIntervention):
             state = {}
         elif state:
@@ -117,7 +126,4 @@ def model_state(directory: str) -> dict[str, torch.Tensor]:
     path = os.path.join(directory, MODEL_NAME)
     if not os.path.isfile(path):
         return {}
-    state = safe_torch_load(path)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise SerializationError(f"{path!r} does not hold a dict of tensors.")
-    return dict(state)
+    return check_tensor_dict(safe_torch_load(path), path)

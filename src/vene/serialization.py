@@ -5,7 +5,8 @@ A saved directory holds three files::
     intervention_config.json   format version, library version, base-model identity, mode, key
                                order, and per intervention: key, registered type name, site
                                (every RepresentationConfig field), resolved module, the
-                               constructor call (all arguments), tensor names, linked key
+                               constructor call (all arguments), tensor names, linked key; the
+                               sha256 of the tensor file ("files", format 2)
     interventions.safetensors  every tensor: "<key>.<state name>" (weights, buffers, constant
                                sources), "<key>.__init__.<arg>" (tensor constructor arguments not
                                already stored as state), "base_model.<name>" (include_model=True)
@@ -13,7 +14,12 @@ A saved directory holds three files::
 
 Types resolve through the intervention registry (``vene.register_intervention``); a name read from
 a file is never imported. Linked interventions are stored once (``"shares_with"``) and reload
-linked. Writes go to a temporary directory first, then are renamed into place.
+linked. A save is complete in a sibling temporary folder before it is swapped in (atomically
+where the system can exchange two directories), so an interrupted save never leaves a mix.
+
+Loading checks before it builds or changes anything: unknown or mistyped config fields, the
+checksum, NaN/Inf, tensor shapes, sizes against the site (before allocating), symlinks out of a
+local folder (:mod:`vene.hub`). See docs/errors.md.
 
 Directories written by pyvene (``config.json`` + ``intkey_<key>.bin``) load too: see
 :mod:`vene.pyvene_format`.
@@ -24,7 +30,6 @@ import inspect
 import json
 import logging
 import os
-import shutil
 import tempfile
 import warnings
 from typing import Any, Callable
@@ -33,13 +38,17 @@ import torch
 from torch import nn
 
 from .config import IntervenableConfig, RepresentationConfig, to_representation
-from .errors import ArtifactNotFoundError, ConfigError, SerializationError
+from .errors import ArtifactNotFoundError, ConfigError, CorruptArtifactError, SerializationError
 from .interventions import LambdaIntervention, get_intervention_class, registered_interventions
-from .state_io import TensorStore, decode_value, device_of, encode_value, model_param_loader, restore_state
+from .artifact_checks import check_schema, check_source_width, precheck_size
+from .artifact_fs import sha256_file, write_directory
+from .state_io import (TensorStore, check_finite, decode_value, device_of, encode_value, model_param_loader,
+                       restore_state)
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the config records the sha256 of the tensor file ("files")
+MIN_FORMAT_VERSION = 1
 CONFIG_NAME = "intervention_config.json"
 WEIGHTS_NAME = "interventions.safetensors"
 CARD_NAME = "README.md"
@@ -192,49 +201,23 @@ def describe(im: Any, include_model: bool = False) -> tuple[dict[str, Any], dict
 # files
 
 
-def _write_directory(directory: Any, writers: dict[str, Callable[[str], None]]) -> str:
-    """Write ``writers`` (file name -> fn(path)) into ``directory`` atomically (temp dir + rename)."""
-    directory = os.path.abspath(os.path.expanduser(os.fspath(directory)))
-    if os.path.exists(directory) and not os.path.isdir(directory):
-        raise SerializationError(f"{directory!r} is a file; saving needs a directory path.")
-    parent, base = os.path.split(directory.rstrip(os.sep)) if directory != os.sep else (os.sep, "")
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{base}.tmp-", dir=parent)
-    try:
-        for name, write in writers.items():
-            write(os.path.join(tmp, name))
-        if not os.path.exists(directory):
-            try:
-                os.rename(tmp, directory)
-                return directory
-            except OSError:  # created meanwhile: replace file by file below
-                pass
-        for name in writers:  # weights first, the config that points to them after
-            os.replace(os.path.join(tmp, name), os.path.join(directory, name))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return directory
-
-
 def write_artifact(directory: Any, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str:
+    """Write ``config`` + ``tensors`` as an artifact folder; the config records the sha256 of the
+    tensor file, which loading verifies."""
     from safetensors.torch import save_file
 
     from .hub import render_model_card
 
-    text = json.dumps(config, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    card = render_model_card(config)
-
-    def write_text(content: str) -> Callable[[str], None]:
-        def w(path: str) -> None:
-            with open(path, "w", encoding="utf-8") as f:
+    def fill(tmp: str) -> None:
+        weights = os.path.join(tmp, WEIGHTS_NAME)
+        save_file(tensors, weights, metadata={"format": "pt", "vene_format_version": str(FORMAT_VERSION)})
+        full = dict(config, files={WEIGHTS_NAME: {"sha256": sha256_file(weights), "bytes": os.path.getsize(weights)}})
+        text = json.dumps(full, indent=2, sort_keys=True, allow_nan=False) + "\n"
+        for name, content in ((CONFIG_NAME, text), (CARD_NAME, render_model_card(full))):
+            with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
                 f.write(content)
-        return w
 
-    return _write_directory(directory, {
-        WEIGHTS_NAME: lambda p: save_file(tensors, p, metadata={"format": "pt", "vene_format_version": str(FORMAT_VERSION)}),
-        CONFIG_NAME: write_text(text),
-        CARD_NAME: write_text(card),
-    })
+    return write_directory(directory, fill, ARTIFACT_FILES)
 
 
 def save(im: Any, save_directory: Any, include_model: bool = False) -> str:
@@ -260,17 +243,25 @@ def read_config(directory: str) -> tuple[str, dict[str, Any]]:
             config = json.load(f)
     except (OSError, ValueError) as e:
         raise SerializationError(f"Cannot read {path!r}: {e}") from None
+    except RecursionError:
+        raise SerializationError(f"Cannot read {path!r}: its JSON is nested too deeply to be a config.") from None
     if not isinstance(config, dict):
         raise SerializationError(f"{path!r} does not hold a JSON object.")
     if path == ours:
         version = config.get("format_version")
-        if not isinstance(version, int) or config.get("library") != "vene":
+        if not isinstance(version, int) or isinstance(version, bool) or config.get("library") != "vene":
             raise SerializationError(f"{path!r} is not a vene intervention config (no format_version / library).")
         if version > FORMAT_VERSION:
             raise SerializationError(
                 f"{path!r} has format version {version}, written by vene {config.get('library_version')}; "
                 f"this vene reads format versions up to {FORMAT_VERSION}. Upgrade vene."
             )
+        if version < MIN_FORMAT_VERSION:
+            raise SerializationError(
+                f"{path!r} has format version {version}; vene format versions start at "
+                f"{MIN_FORMAT_VERSION}, so this file was not written by vene (or was edited by hand)."
+            )
+        check_schema(config, path)
         return "vene", config
     if "representations" not in config or "intervention_types" not in config:
         raise SerializationError(
@@ -296,6 +287,8 @@ def _check_identity(saved: dict[str, Any], model: nn.Module) -> None:
 
 
 def _read_tensors(directory: str, config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The artifact's tensors, after checking the file against the sha256 recorded in the config
+    and refusing NaN/Inf."""
     from safetensors.torch import load_file
 
     path = os.path.join(directory, WEIGHTS_NAME)
@@ -304,10 +297,30 @@ def _read_tensors(directory: str, config: dict[str, Any]) -> dict[str, torch.Ten
         if needed:
             raise SerializationError(f"{directory!r} has {CONFIG_NAME} but lacks {WEIGHTS_NAME}.")
         return {}
+    recorded = ((config.get("files") or {}).get(WEIGHTS_NAME) or {}).get("sha256")
+    if recorded is None:
+        if config.get("format_version", 1) >= 2:
+            raise CorruptArtifactError(
+                f"{os.path.join(directory, CONFIG_NAME)!r} records no checksum for {WEIGHTS_NAME}; format "
+                f"version {config.get('format_version')} always does, so the config was edited. Re-save the artifact."
+            )
+        warnings.warn(
+            f"{directory!r} was saved in format version 1, which records no checksum of {WEIGHTS_NAME}; "
+            "its integrity cannot be verified. Re-save it to add one.", UserWarning, stacklevel=4,
+        )
+    else:
+        actual = sha256_file(path)
+        if actual != recorded:
+            raise CorruptArtifactError(
+                f"{path!r} does not match the checksum recorded when it was saved (sha256 {actual[:16]}... "
+                f"instead of {recorded[:16]}...): the file is damaged or was replaced. Re-download or re-save it."
+            )
     try:
-        return load_file(path, device="cpu")
+        tensors = load_file(path, device="cpu")
     except Exception as e:  # safetensors raises its own error types
         raise SerializationError(f"Cannot read {path!r}: {e}") from None
+    check_finite(tensors, path)
+    return tensors
 
 
 def _filter_kwargs(cls: type, kwargs: dict[str, Any], where: str) -> dict[str, Any]:
@@ -359,6 +372,7 @@ def _build_vene(config: dict[str, Any], tensors: dict[str, torch.Tensor], model:
             init = e.get("init") or {}
             args = decode_value(init.get("args", []), tensors, key)
             kw = _filter_kwargs(cls, decode_value(init.get("kwargs", {}), tensors, key), key)
+            precheck_size(e, model, kw, tensors)
             try:
                 iv = cls(*args, **kw)
             except Exception as err:
@@ -396,6 +410,8 @@ def _build_vene(config: dict[str, Any], tensors: dict[str, torch.Tensor], model:
         restore_state(iv, state, key, "cpu", apply=True)
         if const is not None:
             iv.is_source_constant = bool(const)
+    for key in built:
+        check_source_width(im.interventions[key], key, im._specs[key].site.dim)
     return im
 
 
@@ -485,6 +501,7 @@ def load_into(im: Any, load_directory: Any, include_model: bool = True, **hub_kw
             if type(iv) is not registered_interventions().get(str(e.get("type"))):
                 raise SerializationError(f"{key}: saved as {e.get('type')}, but this model has a {type(iv).__name__} there.")
             state = _entry_state(e, tensors)
+            check_source_width(iv, key, im._specs[key].site.dim, state.get("source_representation"))
             dev = device_of(iv, im.get_device())
             restore_state(iv, state, key, dev, apply=False)
             steps.append(lambda iv=iv, s=state, k=key, d=dev: restore_state(iv, s, k, d, apply=True))

@@ -14,8 +14,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .errors import SerializationError, UnsafeArtifactError
+from .errors import CorruptArtifactError, SerializationError, UnsafeArtifactError
 from .interventions import Intervention
+
+#: saved buffers that may legitimately differ in shape from a freshly built module's
+VARIABLE_SHAPE_STATE = ("interchange_dim", "source_representation")
 
 _MARKERS = ("__tensor__", "__tuple__", "__dtype__", "__device__", "__float__")
 
@@ -51,6 +54,14 @@ class TensorStore:
 
 def encode_value(value: Any, where: str, store: TensorStore, key: str) -> Any:
     """A JSON-able form of ``value``; tensors go to ``store``. ``where`` names it in errors."""
+    try:
+        return _encode(value, where, store, key)
+    except RecursionError:
+        raise SerializationError(f"Cannot save {key}: its argument {where!r} is nested too deeply.") from None
+
+
+def _encode(value: Any, where: str, store: TensorStore, key: str) -> Any:
+    encode_value = _encode  # noqa: N806 - recursion goes through the unguarded helper
     if value is None or isinstance(value, (bool, str, int)):
         return value
     if isinstance(value, float):
@@ -84,6 +95,15 @@ def encode_value(value: Any, where: str, store: TensorStore, key: str) -> Any:
 
 
 def decode_value(value: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
+    """The value that :func:`encode_value` wrote (tensors looked up by name)."""
+    try:
+        return _decode(value, tensors, where)
+    except RecursionError:
+        raise SerializationError(f"{where}: a saved value is nested too deeply to be a constructor argument.") from None
+
+
+def _decode(value: Any, tensors: dict[str, torch.Tensor], where: str) -> Any:
+    decode_value = _decode  # noqa: N806 - recursion goes through the unguarded helper
     if isinstance(value, list):
         return [decode_value(v, tensors, where) for v in value]
     if not isinstance(value, dict):
@@ -107,6 +127,25 @@ def decode_value(value: Any, tensors: dict[str, torch.Tensor], where: str) -> An
     return {k: decode_value(v, tensors, where) for k, v in value.items()}
 
 
+def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse saved floating-point tensors holding NaN or Inf (a diverged run or a damaged file)."""
+    for name, t in tensors.items():
+        if (t.is_floating_point() or t.is_complex()) and t.numel() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise CorruptArtifactError(
+                f"{where}: tensor {name!r} holds {bad} NaN/Inf value(s) of {t.numel()}; refusing to load it. "
+                "The training run that saved it probably diverged; re-save from a good checkpoint."
+            )
+
+
+def check_tensor_dict(state: Any, path: str) -> dict[str, torch.Tensor]:
+    """A pickled state dict read from ``path``: a dict of tensors, all finite."""
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise SerializationError(f"{path!r} does not hold a dict of tensors.")
+    check_finite(state, path)
+    return dict(state)
+
+
 def safe_torch_load(path: str) -> Any:
     """``torch.load(weights_only=True)`` on CPU; a pickle holding code is refused, not run."""
     try:
@@ -127,6 +166,7 @@ def restore_state(
     shape or be registered where the fresh module holds None (on ``device``); parameters keep their
     shape. Saved dtypes are kept, or, with ``cast``, converted to the module's."""
     own = iv.state_dict(keep_vars=True)
+    variable = set(getattr(iv, "variable_shape_state", VARIABLE_SHAPE_STATE))
     missing = sorted(k for k in own if k not in state)
     if missing:
         raise SerializationError(
@@ -156,6 +196,11 @@ def restore_state(
                 )
             if cur.dtype != saved.dtype and not cast:
                 fixes.append(lambda p=cur, dt=saved.dtype: setattr(p, "data", p.data.to(dt)))
+        elif cur.shape != saved.shape and leaf not in variable:
+            raise CorruptArtifactError(
+                f"{where}: saved {name!r} has shape {tuple(saved.shape)}, but a {type(iv).__name__} built "
+                f"for this site holds {tuple(cur.shape)}: the artifact was made for another size, or is damaged."
+            )
         elif cur.shape != saved.shape or (cur.dtype != saved.dtype and not cast):
             dt = cur.dtype if cast else saved.dtype
             fixes.append(lambda o=owner, n=leaf, t=saved, d=cur.device, dt=dt: o._buffers.__setitem__(n, t.to(d, dt).clone()))

@@ -43,6 +43,9 @@ class Intervention(nn.Module):
     keep_last_dim_default: bool = True
     #: the getter of this intervention reads the module *input* of the source run (Skip)
     source_from_input: bool = False
+    #: its weights span ``embed_dim`` = ``max_number_of_units`` x the unit size, so a call must
+    #: select exactly that many units (checked per call; see ``vene.locations.check_unit_counts``)
+    units_sized: bool = False
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "Intervention":
         self = super().__new__(cls)
@@ -65,6 +68,10 @@ class Intervention(nn.Module):
         }
         embed_dim = kwargs.get("embed_dim")
         if embed_dim is not None:
+            if isinstance(embed_dim, torch.Tensor) and embed_dim.dim() == 0 and not embed_dim.is_floating_point():
+                embed_dim = int(embed_dim)
+            if not isinstance(embed_dim, int) or isinstance(embed_dim, bool) or embed_dim < 1:
+                raise ConfigError(f"{type(self).__name__}: embed_dim must be a positive int, got {embed_dim!r:.60}.")
             self.register_buffer("embed_dim", torch.tensor(int(embed_dim)), persistent=True)
             self.register_buffer("interchange_dim", torch.tensor(int(embed_dim)), persistent=True)
         else:
@@ -252,8 +259,12 @@ def feature_mask(
                 idx.extend(partition[s])
             else:
                 idx.append(s)
-        if idx and (max(idx) >= d or min(idx) < -d):
-            raise ShapeMismatchError(f"subspace index {max(idx)} is out of range for {d} features.")
+        if idx and (max(idx) >= d or min(idx) < 0):
+            bad = max(idx) if max(idx) >= d else min(idx)
+            raise ShapeMismatchError(
+                f"subspace index {bad} is out of range for {d} features (0..{d - 1}; indices count from 0, "
+                "as locations do)."
+            )
         mask[i, idx] = True
     mask = mask.to(device)
     if cache is not None:
@@ -269,10 +280,16 @@ def broadcast_source(source: torch.Tensor, base: torch.Tensor, what: str = "sour
         return source.reshape((1,) * (base.dim() - source.dim()) + tuple(source.shape)).expand_as(base) \
             if source.dim() <= base.dim() else source.reshape(base.shape)
     except RuntimeError:
+        if source.shape[-1:] != base.shape[-1:]:
+            hint = f"Its last dimension must be {base.shape[-1]} (it is {source.shape[-1] if source.dim() else 'a scalar'})."
+        else:
+            hint = (
+                "The feature sizes agree, so the other dimensions differ: give one row per example "
+                f"and as many units as are selected ({tuple(base.shape[:-1])}), or size 1 to broadcast."
+            )
         raise ShapeMismatchError(
             f"The {what} has shape {tuple(source.shape)}, which does not broadcast to the selected "
-            f"base representation of shape {tuple(base.shape)}. Its last dimension must be "
-            f"{base.shape[-1]}."
+            f"base representation of shape {tuple(base.shape)}. {hint}"
         ) from None
 
 

@@ -6,7 +6,10 @@ Shapes. Each intervention acts on ``n`` features (``embed_dim`` = the component'
 ``units*d == n`` (flattened here), and any input whose last dimension is a multiple of ``n`` (each
 block of ``n`` features is treated alike: a ``max_number_of_units=1`` rotation applied to the whole
 sequence acts position by position). So every type works for any number of units (pyvene's
-boundless and mask interventions crashed with ``max_number_of_units > 1``).
+boundless and mask interventions crashed with ``max_number_of_units > 1``). Through an
+``IntervenableModel`` a call must select exactly ``max_number_of_units`` units when that is above 1
+(``units_sized``; see ``vene.locations.check_unit_counts``): otherwise a mismatch whose sizes
+happened to multiply out would silently rotate, e.g., two positions of one head as one vector.
 
 Subspaces. ``subspaces`` (per example; partition ids when the intervention has a
 ``subspace_partition``) select which coordinates are swapped, in the *intervention's* basis: rotated
@@ -65,25 +68,53 @@ __all__ = [
 # helpers
 
 
+#: the largest weight matrix (elements) an intervention allocates: 2**30 is 4 GiB in float32
+MAX_WEIGHT_ELEMENTS = 1 << 30
+
+
+def _positive_int(value: Any) -> int | None:
+    """``value`` as an int when it is a positive integer (a 0-d integer tensor counts), else None."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_floating_point():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
+
+
 def _need_embed_dim(iv: Intervention, kwargs: dict) -> int:
-    n = kwargs.get("embed_dim")
-    if n is None:
+    raw = kwargs.get("embed_dim")
+    if raw is None:
         raise ConfigError(
             f"{type(iv).__name__} needs embed_dim (the size of the representation it acts on). It "
             "is filled in from the component for known architectures; for a raw module path of "
             f"unknown size pass an instance, e.g. {type(iv).__name__}(embed_dim=768)."
         )
-    return int(n)
+    n = _positive_int(raw)
+    if n is None:
+        raise ConfigError(f"{type(iv).__name__}: embed_dim must be a positive int, got {raw!r:.60}.")
+    return n
 
 
 def _need_rank(iv: Intervention, kwargs: dict, name: str = "low_rank_dimension") -> int:
-    r = kwargs.get(name)
-    if r is None or int(r) < 1:
+    raw = kwargs.get(name)
+    r = _positive_int(raw)
+    if r is None:
         raise ConfigError(
-            f"{type(iv).__name__} needs {name}=<positive int> (got {r!r}); set it in the "
+            f"{type(iv).__name__} needs {name}=<positive int> (got {raw!r:.60}); set it in the "
             "RepresentationConfig or pass it to the constructor."
         )
-    return int(r)
+    return r
+
+
+def _check_weight(iv: Intervention, rows: int, cols: int, what: str) -> None:
+    """Refuse, before allocating, a weight matrix too large to be meant."""
+    if rows * cols > MAX_WEIGHT_ELEMENTS:
+        gib = rows * cols * 4 / 2**30
+        raise ConfigError(
+            f"{type(iv).__name__}: {what} would be a {rows} x {cols} matrix ({gib:.0f} GiB in float32), "
+            f"more than the limit of {MAX_WEIGHT_ELEMENTS} elements. Check embed_dim / "
+            "max_number_of_units / low_rank_dimension (embed_dim = component size x max_number_of_units)."
+        )
 
 
 def _fit(x: torch.Tensor, n: int, iv: Intervention) -> tuple[torch.Tensor, Any]:
@@ -191,9 +222,12 @@ def _rotated_interchange(iv: Any, base: torch.Tensor, source: Any, subspaces: An
 class RotatedSpaceIntervention(TrainableIntervention, DistributedRepresentationIntervention):
     """Distributed alignment search: interchange in a learned orthogonal basis ``R`` ``(n, n)``."""
 
+    units_sized = True  # its weights span embed_dim = max_number_of_units x the unit size
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         n = _need_embed_dim(self, kwargs)
+        _check_weight(self, n, n, "the rotation")
         self.rotate_layer = orthogonal_rotate_layer(n)
 
     def forward(self, base, source=None, subspaces=None):
@@ -206,10 +240,13 @@ class LowRankRotatedSpaceIntervention(TrainableIntervention, DistributedRepresen
     Subspaces (and partitions) index the ``r`` directions.
     """
 
+    units_sized = True  # its weights span embed_dim = max_number_of_units x the unit size
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         n = _need_embed_dim(self, kwargs)
         self.low_rank_dimension = _need_rank(self, kwargs)
+        _check_weight(self, n, min(self.low_rank_dimension, n), "the low-rank rotation")
         self.rotate_layer = orthogonal_low_rank_layer(n, self.low_rank_dimension)
 
     def _mask_r(self, subspaces: Any, x: torch.Tensor) -> torch.Tensor | None:
@@ -236,11 +273,14 @@ class BoundlessRotatedSpaceIntervention(_Temperature, TrainableIntervention, Dis
     dimensions through a soft mask annealed by ``temperature``. Subspaces, when given, further
     restrict the mask."""
 
+    units_sized = True  # its weights span embed_dim = max_number_of_units x the unit size
+
     keep_last_dim_default = True  # pyvene does not flatten it; both layouts work here
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         n = _need_embed_dim(self, kwargs)
+        _check_weight(self, n, n, "the rotation")
         self.rotate_layer = orthogonal_rotate_layer(n)
         self.intervention_boundaries = nn.Parameter(torch.tensor([0.5]), requires_grad=True)
         self.temperature = nn.Parameter(torch.tensor(50.0), requires_grad=False)
@@ -268,9 +308,12 @@ class BoundlessRotatedSpaceIntervention(_Temperature, TrainableIntervention, Dis
 class SigmoidMaskRotatedSpaceIntervention(_Temperature, TrainableIntervention, DistributedRepresentationIntervention):
     """A rotation plus a learned per-dimension soft mask ``σ(masks / T)`` over rotated dimensions."""
 
+    units_sized = True  # its weights span embed_dim = max_number_of_units x the unit size
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         n = _need_embed_dim(self, kwargs)
+        _check_weight(self, n, n, "the rotation")
         self.rotate_layer = orthogonal_rotate_layer(n)
         self.masks = nn.Parameter(torch.full((n,), 100.0), requires_grad=True)
         self.temperature = nn.Parameter(torch.tensor(50.0), requires_grad=False)
@@ -287,6 +330,8 @@ class SigmoidMaskIntervention(_Temperature, TrainableIntervention, LocalistRepre
 
     The temperature reaches the mask's gradient (pyvene detached it).
     """
+
+    units_sized = True  # its weights span embed_dim = max_number_of_units x the unit size
 
     keep_last_dim_default = True
 
@@ -319,6 +364,8 @@ class PCARotatedSpaceIntervention(BasisAgnosticIntervention, DistributedRepresen
     or 0) and ``pca_std`` (default 1) standardise the input first. ``n_components`` alone builds an
     empty intervention to load weights into. Subspaces index the ``k`` components.
     """
+
+    units_sized = True  # its weights span embed_dim = max_number_of_units x the unit size
 
     keep_last_dim_default = False
 
@@ -360,6 +407,11 @@ class PCARotatedSpaceIntervention(BasisAgnosticIntervention, DistributedRepresen
             std = std.expand(n).clone()
         if mean.numel() == 1:
             mean = mean.expand(n).clone()
+        for name, t in (("pca_mean", mean), ("pca_std", std)):
+            if t.numel() != n:
+                raise ConfigError(f"PCARotatedSpaceIntervention: {name} has {t.numel()} values for {n} features.")
+        if not bool(torch.isfinite(comps).all()) or not bool((std > 0).all()):
+            raise ConfigError("PCARotatedSpaceIntervention: the components must be finite and pca_std positive.")
         self.register_buffer("pca_components", comps)
         self.register_buffer("pca_mean", mean)
         self.register_buffer("pca_std", std)
@@ -393,6 +445,8 @@ class AutoencoderIntervention(TrainableIntervention):
     indices, as in pyvene). ``preserve_error`` (default True) keeps the reconstruction error.
     """
 
+    units_sized = True  # its weights span embed_dim = max_number_of_units x the unit size
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         n = _need_embed_dim(self, kwargs)
@@ -403,6 +457,7 @@ class AutoencoderIntervention(TrainableIntervention):
             )
         self.latent_dim = _need_rank(self, kwargs, "latent_dim" if kwargs.get("latent_dim") is not None else "low_rank_dimension")
         self.preserve_error = bool(kwargs.get("preserve_error", True))
+        _check_weight(self, n, self.latent_dim, "the encoder")
         self.autoencoder = AutoencoderLayer(n, self.latent_dim)
 
     def forward(self, base, source=None, subspaces=None):
@@ -439,6 +494,7 @@ class JumpReLUAutoencoderIntervention(TrainableIntervention):
         units = int(kwargs.get("max_number_of_units") or 1)
         n = embed // units if embed % units == 0 else embed
         w = _need_rank(self, kwargs)
+        _check_weight(self, n, w, "the encoder")
         self.unit_dim = n
         self.preserve_error = bool(kwargs.get("preserve_error", True))
         W_dec = torch.randn(w, n)
@@ -505,6 +561,7 @@ class LoRAIntervention(TrainableIntervention):
         units = int(kwargs.get("max_number_of_units") or 1)
         self.output_dim = embed // units if embed % units == 0 else embed
         self.rank = _need_rank(self, kwargs)
+        _check_weight(self, self.output_dim, self.rank, "lora_B")
         self.scaling = float(kwargs.get("lora_alpha") or self.rank) / self.rank
         self.dropout = nn.Dropout(float(kwargs.get("lora_dropout") or 0.0))
         self.input_dim: int | None = None
