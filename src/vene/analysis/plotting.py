@@ -231,7 +231,7 @@ def plot_patching(result: Any, components: Sequence[str] | None = None, normaliz
 # generic labelled grids (vene.analysis.grids)
 
 
-def _short(label: Any) -> str:
+def _label(label: Any) -> str:
     return repr(label)[1:-1] if isinstance(label, str) else str(label)
 
 
@@ -240,7 +240,7 @@ def _draw_grid(ax: Any, grid: Any, title: str | None = None, centered: bool | No
     if centered is None:
         centered = bool(vals.numel()) and float(vals.min()) < 0 < float(vals.max())
     if vals.dim() == 1:
-        labels = [_short(l) for l in grid.labels[grid.axes[0]]]
+        labels = [_label(l) for l in grid.labels[grid.axes[0]]]
         colors = ["#b2182b" if v >= 0 else "#2166ac" for v in vals.tolist()]
         ax.bar(range(len(labels)), vals.numpy(), color=colors)
         step = max(1, -(-len(labels) // 40))
@@ -257,7 +257,7 @@ def _draw_grid(ax: Any, grid: Any, title: str | None = None, centered: bool | No
         kwargs.update(vmin=-lim, vmax=lim)
         kwargs.setdefault("cmap", "RdBu_r")
     r, c = grid.axes
-    draw_heatmap(ax, vals, [_short(l) for l in grid.labels[r]], [_short(l) for l in grid.labels[c]],
+    draw_heatmap(ax, vals, [_label(l) for l in grid.labels[r]], [_label(l) for l in grid.labels[c]],
                  title=title, ylabel=r, xlabel=c, colorbar_label=kwargs.pop("colorbar_label", grid.name), **kwargs)
 
 
@@ -285,7 +285,7 @@ def plot_grid(grid: Any, title: str | None = None, figsize: tuple[float, float] 
             kw.setdefault("vmin", -lim)
             kw.setdefault("vmax", lim)
             kw.setdefault("cmap", "RdBu_r")
-        _draw_grid(fig.add_subplot(1, len(labs), k + 1), sub, title=f"{first} {_short(lab)}", **kw)
+        _draw_grid(fig.add_subplot(1, len(labs), k + 1), sub, title=f"{first} {_label(lab)}", **kw)
     return fig
 
 
@@ -298,7 +298,7 @@ def plot_grids(grids: Sequence[Any], figsize: tuple[float, float] | None = None,
             mid = g.axes[1]
             for lab in g.labels[mid]:
                 sub = g.sel(**{mid: lab})
-                panels.append((sub, f"{g.meta.get('title', g.name)} @ {mid} {_short(lab)}"))
+                panels.append((sub, f"{g.meta.get('title', g.name)} @ {mid} {_label(lab)}"))
         elif g.values.dim() in (1, 2):
             panels.append((g, g.meta.get("title", g.name)))
         else:
