@@ -49,6 +49,7 @@ class S:
     causal: bool = True
     probs: str = "interface"  # how attention_weight is checked: "interface" | "module:<child>" | "none"
     absent: dict = field(default_factory=dict)  # component -> substring of vene's reason
+    not_run: str = ""  # components starting with this exist but this model's forward never runs them
     xfail: dict = field(default_factory=dict)  # component -> reason
 
 
@@ -132,9 +133,9 @@ def fused(path: str, attn: str, qkv: str, layout: str, o: str, act: str, H: int 
              o=f"{attn}.{o}", attn_out=(attn, "output"), act=act, **kw)
 
 
-def bart_like(path: str, causal: bool, cross: bool, xf: dict | None = None) -> S:
+def bart_like(path: str, causal: bool, cross: bool, xf: dict | None = None, absent: dict | None = None) -> S:
     return S(path, o="self_attn.out_proj", mlp_in=("fc1", "input"), mlp_out=("fc2", "output"), act="activation_fn",
-             causal=causal, xfail=xf or {},
+             causal=causal, xfail=xf or {}, absent=absent or {},
              cross=dict(attn="encoder_attn", q="encoder_attn.q_proj", k="encoder_attn.k_proj", v="encoder_attn.v_proj",
                         o="encoder_attn.out_proj", out=("encoder_attn", "output")) if cross else None)
 
@@ -177,7 +178,7 @@ def _families() -> list[Family]:
         note="CodeGen's qkv_proj interleaves q, v, k over 4 model-parallel partitions")
     add("opt", _mk("OPTForCausalLM", num_hidden_layers=2, hidden_size=32, num_attention_heads=4, ffn_dim=48, vocab_size=V,
                    max_position_embeddings=64, word_embed_proj_dim=32, **TOK), ids,
-        {"": bart_like("model.decoder.layers", True, False)})
+        {"": bart_like("model.decoder.layers", True, False, absent={c: "flattens" for c in ("mlp_input", "mlp_output", "mlp_activation")})})
     add("bloom", _mk("BloomForCausalLM", n_layer=2, hidden_size=32, n_head=4, vocab_size=V, **TOK), ids,
         {"": fused("transformer.h", "self_attention", "query_key_value", "interleaved", "dense", "mlp.gelu_impl",
                    probs="module:self_attention.attention_dropout")})
@@ -341,7 +342,12 @@ def _multimodal() -> None:
     blip_vis = S("vision_model.encoder.layers", attn="self_attn", q=None, k=None, v=None,
                  fused=("self_attn.qkv", "concat"), o="self_attn.projection", act="mlp.activation_fn", causal=False)
     FAMILIES["blip"] = Family("blip", blip_build, blip_in,
-                              {"": bert_like("text_model.encoder.layer", xfail=BERT_XF), "vision": blip_vis},
+                              {"": bert_like("text_model.encoder.layer", xfail=BERT_XF, not_run="cross_",
+                                             cross=dict(attn="crossattention.self", q="crossattention.self.query",
+                                                        k="crossattention.self.key", v="crossattention.self.value",
+                                                        o="crossattention.output.dense",
+                                                        out=("crossattention.output.dense", "output"))),
+                               "vision": blip_vis},
                               note="BlipModel: BERT-style text encoder, ViT-style vision encoder",
                               output=lambda out: torch.cat([out.text_model_output.last_hidden_state.flatten(1),
                                                             out.vision_model_output.last_hidden_state.flatten(1)], 1))

@@ -15,7 +15,7 @@ layouts of fused projections cannot be read off the weights, so they come from
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from torch import nn
@@ -84,6 +84,7 @@ class Attention:
     n_kv_heads: int | None = None
     head_dim: int | None = None
     problem: str | None = None  # why head components are unavailable
+    qkv_problem: str | None = None  # why q/k/v components are unavailable
     interface: bool = False  # goes through transformers' attention-function interface
     cls_name: str = ""
 
@@ -99,7 +100,7 @@ class Anatomy:
     act_problem: str | None = None
     inner: int | None = None
     mixer: str | None = None
-    notes: dict = field(default_factory=dict)
+    block_cls: str = ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,7 +274,7 @@ def _describe_attention(block: nn.Module, rel: str, core: nn.Module, stack: Stac
         if a.n_kv_heads is None and total and d and a.n_heads:
             a.n_kv_heads = (total // d - a.n_heads) // 2
         if a.layout == "unknown":
-            a.problem = (
+            a.qkv_problem = (
                 f"the layout of the fused projection {type(core).__name__}.{a.fused} is not known to "
                 "vene (add it to vene.components.introspect.FUSED_LAYOUTS)"
             )
@@ -332,7 +333,7 @@ def _find_act(mod: nn.Module) -> str | None:
 
 
 def block_anatomy(block: nn.Module, stack: Stack | None = None) -> Anatomy:
-    an = Anatomy()
+    an = Anatomy(block_cls=type(block).__name__)
     cores = _attention_cores(block)
     selfs = [(n, m) for n, m in cores if not any(c in n for c in CROSS_MARKS)]
     crosses = [(n, m) for n, m in cores if any(c in n for c in CROSS_MARKS)]

@@ -32,6 +32,13 @@ from .introspect import Anatomy, Attention, Stack
 PROB_MODULES = {"BloomAttention": "attention_dropout", "BlipAttention": "dropout", "BlipTextSelfAttention": "dropout"}
 
 
+_OPT_FLAT = "OPT flattens (batch, seq) into one axis around its MLP, so no position can be addressed there; use block_output or a module path with unit 't'"
+#: what introspection cannot see: block class -> {component: reason it has no such tensor}
+BLOCK_OVERRIDES: dict[str, dict[str, str]] = {
+    "OPTDecoderLayer": {c: _OPT_FLAT for c in ("mlp_input", "mlp_output", "mlp_activation")},
+}
+
+
 @dataclass(frozen=True)
 class Entry:
     rel: str  # path relative to the block ("" = the block)
@@ -53,12 +60,13 @@ def _max_pos(cfg: Any) -> int | None:
 def _qkv_entries(a: Attention, prefix: str, out: dict) -> None:
     names = {r: f"{prefix}{r}_output" for r in ("query", "key", "value")}
     heads = {r: f"head_{prefix}{r}_output" for r in ("query", "key", "value")}
-    if a.problem is not None:
+    problem = a.qkv_problem or a.problem
+    if problem is not None:
         for r in names:
-            out[heads[r]] = a.problem
-        if a.fused is not None:
+            out[heads[r]] = problem
+        if a.fused is not None or a.qkv_problem is not None:
             for r in names:
-                out[names[r]] = a.problem
+                out[names[r]] = problem
             return
     H, KV, d = a.n_heads, a.n_kv_heads, a.head_dim
     if a.fused is None:
@@ -146,4 +154,5 @@ def stack_entries(stack: Stack, an: Anatomy) -> dict[str, Entry | str]:
             out[name] = "no feed-forward sublayer found in the block"
     if an.cross is not None:
         attention_entries(an.cross, "cross_", h, stack.config, out)
+    out.update(BLOCK_OVERRIDES.get(an.block_cls, {}))
     return out
