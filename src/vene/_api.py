@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from . import components, data_generators, models
 from .causal_model import CausalModel, CausalModelError, SamplingError
-from .components import type_to_dimension_mapping, type_to_module_mapping
+from .components import list_components, type_to_dimension_mapping, type_to_module_mapping
 from .config import IntervenableConfig, RepresentationConfig
 from .errors import (
     ArtifactNotFoundError,
@@ -117,7 +117,7 @@ __all__ = [
     "create_gpt2", "create_gpt2_lm", "create_gpt_neo", "create_gpt_neox", "create_gru", "create_gru_classifier", "create_llama", "create_gru_lm", "create_mlp_classifier",
     "embed_to_distrib", "format_token", "get_batch_size", "get_intervention_class",
     "get_list_depth", "lsm", "models", "register_intervention", "set_seed", "sigmoid_boundary",
-    "sm", "top_vals", "type_to_dimension_mapping", "type_to_module_mapping",
+    "sm", "top_vals", "type_to_dimension_mapping", "list_components", "type_to_module_mapping",
     "IntervenableNdifModel", "_do_intervention_by_swap", "closeness_to_permutation_loss", "create_backpack_gpt2",
     "create_blip", "create_blip_itm", "create_directory", "create_gpt_oss", "create_llava", "create_olmo",
     "get_type_from_string", "harmonic_sigmoid_boundary", "random_permutation_matrix", "data_generators",

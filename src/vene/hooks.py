@@ -103,6 +103,7 @@ def probe_eager_attention(
     scaling: float | None = None,
     dropout: float = 0.0,
     softcap: float | None = None,
+    position_bias: torch.Tensor | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eager attention that exposes its probabilities ``(batch, heads, q, k)`` to vene."""
@@ -116,6 +117,8 @@ def probe_eager_attention(
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
+    if position_bias is not None:  # T5's relative-position bias, added before the mask
+        scores = scores + position_bias
     if attention_mask is not None:
         mask = attention_mask[:, :, :, : key.shape[-2]]
         if mask.dtype == torch.bool:
@@ -142,25 +145,44 @@ def _ensure_registered() -> None:
 
 
 class _AttnSwitch:
-    """Temporarily route a model's attention through :func:`probe_eager_attention`."""
+    """Temporarily route a model's attention through :func:`probe_eager_attention`.
+
+    The implementation is switched on every config that a probed attention module reads: the
+    model's own and, for wrappers whose language model has its own sub-config (LLaVA, Gemma-3
+    ``ForConditionalGeneration``: ``text_config``), the probed module's ``config``.
+    """
 
     def __init__(self, model: nn.Module) -> None:
-        self.cfg = getattr(model, "config", None)
-        if self.cfg is None or not hasattr(self.cfg, "_attn_implementation"):
+        cfg = getattr(model, "config", None)
+        if cfg is None or not hasattr(cfg, "_attn_implementation"):
             raise ConfigError(
                 "attention_weight needs a transformers model whose attention goes through "
                 "config._attn_implementation; for other models hook the module that receives the "
                 "probabilities with a path such as 'h[0].attn.attn_dropout.input'."
             )
-        self.previous = self.cfg._attn_implementation
+        self.saved: list[tuple[Any, Any]] = []
+        self.pending = [cfg]
+
+    def add(self, module: nn.Module) -> None:
+        cfg = getattr(module, "config", None)
+        if cfg is not None and hasattr(cfg, "_attn_implementation"):
+            self.pending.append(cfg)
+            if self.saved:  # already entered: switch this one now
+                self.__enter__()
 
     def __enter__(self) -> "_AttnSwitch":
         _ensure_registered()
-        self.cfg._attn_implementation = _PROBE_NAME
+        for cfg in self.pending:
+            if all(c is not cfg for c, _ in self.saved):
+                self.saved.append((cfg, cfg._attn_implementation))
+                cfg._attn_implementation = _PROBE_NAME
+        self.pending = []
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self.cfg._attn_implementation = self.previous
+        for cfg, previous in reversed(self.saved):
+            cfg._attn_implementation = previous
+        self.saved = []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,6 +226,7 @@ class HookSession:
             if self.attn_switch is None:
                 self.attn_switch = _AttnSwitch(self.model)
                 self.attn_switch.__enter__()
+            self.attn_switch.add(module)
 
             def probe(mod, probs):
                 i = counter[0]

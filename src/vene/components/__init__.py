@@ -10,9 +10,14 @@ Resolution order for ``component`` on a model:
 
 1. user registrations in :data:`type_to_module_mapping` (pyvene's format, keyed by class, looked up
    along the MRO so subclasses work);
-2. vene's tables keyed by ``model.config.model_type`` (:mod:`vene.components.tables`), and a
-   generic detector for anything laid out as ``*.layers[i].{self_attn, mlp}``;
-3. a raw module path ending in ``.input`` / ``.output`` (``"model.layers[3].mlp.output"``).
+2. vene's override tables keyed by ``model.config.model_type`` (:mod:`vene.components.tables`:
+   GPT-2, GPT-Neo, GPT-NeoX and the built-in toy models);
+3. introspection (:mod:`vene.components.introspect`, names in :mod:`vene.components.vocab`): every
+   layer stack of the model is found from its module tree; unprefixed names address the default
+   stack (the language model of a multimodal wrapper, the encoder of an encoder-decoder model),
+   ``"<stack>.<component>"`` addresses another one (``"decoder.cross_attention_output"``,
+   ``"vision.block_output"``); :func:`list_components` shows what a model has;
+4. a raw module path ending in ``.input`` / ``.output`` (``"model.layers[3].mlp.output"``).
 """
 from __future__ import annotations
 
@@ -25,7 +30,9 @@ from torch import nn
 
 from ..errors import UnknownComponentError, did_you_mean
 from . import tables
-from .tables import ARCHITECTURES, LLAMA
+from .introspect import STACK_ALIASES, Stack, anatomy_of, find_stacks
+from .tables import ARCHITECTURES
+from .vocab import Entry, stack_entries
 
 CONST_INPUT_HOOK = "register_forward_pre_hook"
 CONST_OUTPUT_HOOK = "register_forward_hook"
@@ -71,6 +78,21 @@ def make_view(x: torch.Tensor, view: tuple | None, n_heads: int | None) -> torch
         _, i, n, _ = view
         size = x.shape[-1] // n
         return _split_heads(x.narrow(-1, i * size, size), n_heads)
+    if kind == "slice":  # features [start, start + size) of the last dim
+        return x.narrow(-1, view[1], view[2])
+    if kind == "slice_heads":
+        return _split_heads(x.narrow(-1, view[1], view[2]), n_heads)
+    if kind in ("interleaved", "interleaved_heads", "grouped"):
+        # last dim laid out as (n_heads groups, n_slots, head_dim): take one slot of each group
+        # (n_heads here counts the groups); "grouped" takes the slots [0, slot) of each group
+        _, slot, n_slots = view
+        b_s = x.shape[:-1]
+        d = x.shape[-1] // (n_heads * n_slots)
+        g = x.view(*b_s, n_heads, n_slots, d)
+        if kind == "grouped":
+            return g.narrow(-2, 0, slot)  # (b, s, groups, slot, d): three feature dims
+        v = g.select(-2, slot)  # (b, s, H, d)
+        return v.transpose(1, 2) if kind == "interleaved_heads" else v
     if kind in ("neox_qkv", "neox_qkv_heads"):
         i = view[1]
         b_s = x.shape[:-1]
@@ -89,7 +111,10 @@ def _split_heads(x: torch.Tensor, n_heads: int | None) -> torch.Tensor:
 
 
 def feature_ndim(view: tuple | None) -> int:
-    return 2 if view is not None and view[0] == "neox_qkv" else 1
+    """Number of feature dims a view leaves after ``(batch, unit)`` (the engine flattens them)."""
+    if view is None:
+        return 1
+    return {"neox_qkv": 2, "interleaved": 2, "grouped": 3}.get(view[0], 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -145,8 +170,7 @@ def _find_layers(model: nn.Module, attr: str) -> str | None:
     return best
 
 
-def detect_architecture(model: nn.Module) -> tuple[str, str, dict] | None:
-    """Return ``(arch name, layers path, table)`` for a known architecture, else None."""
+def _table_architecture(model: nn.Module) -> tuple[str, str, dict] | None:
     cfg = getattr(model, "config", None)
     model_type = getattr(cfg, "model_type", None)
     if model_type in ARCHITECTURES:
@@ -154,15 +178,55 @@ def detect_architecture(model: nn.Module) -> tuple[str, str, dict] | None:
         layers = _find_layers(model, attr)
         if layers is not None:
             return model_type, layers, table
-    # Generic: anything laid out as *.layers[i].{self_attn(q/k/v/o_proj), mlp(act_fn)}
-    layers = _find_layers(model, "layers")
-    if layers is not None and cfg is not None:
-        lst = model.get_submodule(layers)
-        if len(lst) and all(hasattr(lst[0], a) for a in ("self_attn", "mlp")):
-            attn = lst[0].self_attn
-            if all(hasattr(attn, p) for p in ("q_proj", "k_proj", "v_proj", "o_proj")):
-                return "llama-like", layers, LLAMA
     return None
+
+
+def _arch_name(model: nn.Module) -> str:
+    return getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__
+
+
+def detect_architecture(model: nn.Module) -> tuple[str, str, dict] | None:
+    """Return ``(arch name, path of the default layer stack, {component: entry})``, else None."""
+    arch = _table_architecture(model)
+    if arch is not None:
+        return arch
+    stacks, default = find_stacks(model)
+    if default < 0:
+        return None
+    st = stacks[default]
+    entries = stack_entries(st, anatomy_of(model, st))
+    return _arch_name(model), st.path, {k: v for k, v in entries.items() if isinstance(v, Entry)}
+
+
+def list_components(model: nn.Module) -> dict[str, dict[str, str]]:
+    """Every stack's components: ``{stack name: {component: module path template or reason}}``.
+
+    The default stack (addressed by unprefixed names) comes first; the others are addressed as
+    ``"<stack>.<component>"``. A reason (a sentence) means the model has no such tensor.
+    """
+    arch = _table_architecture(model)
+    if arch is not None:
+        return {"layers": {c: f"{arch[1]}.<layer>" + (f".{e[0]}" if e[0] else "") + f".{e[1]}" for c, e in arch[2].items()}}
+    stacks, default = find_stacks(model)
+    order = ([stacks[default]] if default >= 0 else []) + [s for i, s in enumerate(stacks) if i != default]
+    out = {}
+    for st in order:
+        out[st.name] = {
+            c: (f"{st.path}.<layer>" + (f".{e.rel}" if e.rel else "") + f".{e.io}" if isinstance(e, Entry) else e)
+            for c, e in stack_entries(st, anatomy_of(model, st)).items()
+        }
+    return out
+
+
+def _split_stack(model: nn.Module, component: str) -> tuple[Stack | None, str, list[Stack], int]:
+    stacks, default = find_stacks(model)
+    if "." in component:
+        prefix, rest = component.split(".", 1)
+        prefix = STACK_ALIASES.get(prefix, prefix)
+        for st in stacks:
+            if st.name == prefix:
+                return st, rest, stacks, default
+    return (stacks[default] if default >= 0 else None), component, stacks, default
 
 
 def _user_table(model: nn.Module) -> tuple[dict, dict] | None:
@@ -230,26 +294,27 @@ def resolve_site(model: nn.Module, component: str, layer: int = 0, moe_key: Any 
         get_module(model, path)
         return Site(path, io, view, dim, head_layout=view is not None, n_heads=n_h)
 
-    arch = detect_architecture(model)
+    arch = _table_architecture(model)
     if arch is not None and component in arch[2]:
-        _, layers_path, table = arch
-        rel, io, view, dim_fn = table[component]
-        n_layers = len(model.get_submodule(layers_path))
-        if not 0 <= layer < n_layers:
+        return _table_site(model, arch, component, layer, cfg)
+
+    stack, name, stacks, default = (None, component, [], -1) if arch is not None else _split_stack(model, component)
+    entries = stack_entries(stack, anatomy_of(model, stack)) if stack is not None else {}
+    entry = entries.get(name)
+    if isinstance(entry, Entry):
+        if not 0 <= layer < stack.n_layers:
             raise UnknownComponentError(
-                f"layer {layer} is out of range for component {component!r}: the model has "
-                f"{n_layers} layers (0..{n_layers - 1})."
+                f"layer {layer} is out of range for component {component!r}: the {stack.name} stack "
+                f"({stack.path}) has {stack.n_layers} layers (0..{stack.n_layers - 1})."
             )
-        path = f"{layers_path}.{layer}" + (f".{rel}" if rel else "")
+        path = f"{stack.path}.{layer}" + (f".{entry.rel}" if entry.rel else "")
         get_module(model, path)
-        n_h = None
-        if view is not None and view[0] != "chunk":  # plain chunks need no head count (GRU)
-            heads_key = view[-1] if view[0] in ("heads", "chunk_heads") else "n_head"
-            n_h = tables.HEADS[heads_key](cfg)
-        head_layout = view is not None and view[0] in ("heads", "chunk_heads", "neox_qkv_heads")
-        if io == "attn_probs" and path.endswith("attn_dropout"):
-            io = "input"
-        return Site(path, io, view, dim_fn(cfg), head_layout=head_layout or component == "attention_weight", n_heads=n_h)
+        return Site(path, entry.io, entry.view, entry.dim, head_layout=entry.head_layout, n_heads=entry.n_heads)
+    if isinstance(entry, str):
+        raise UnknownComponentError(
+            f"Component {component!r} is not available on {_arch_name(model)}: {entry}. "
+            f"Or pass a module path such as {_example_path(model, stack)!r} (ending in .input or .output)."
+        )
 
     if component.endswith(".output") or component.endswith(".input"):
         raw, io = component.rsplit(".", 1)
@@ -260,21 +325,55 @@ def resolve_site(model: nn.Module, component: str, layer: int = 0, moe_key: Any 
             dim = module.out_features if io == "output" else module.in_features
         return Site(path, io, None, dim)
 
-    known = sorted(arch[2]) if arch is not None else []
+    if arch is not None:
+        known = sorted(arch[2])
+    else:
+        known = sorted(c for c, e in entries.items() if isinstance(e, Entry))
     if user is not None:
         known = sorted(set(known) | set(user[0]))
-    where = f"for {arch[0]}" if arch is not None else f"for {type(model).__name__}"
-    hint = did_you_mean(component, known)
-    msg = f"Unknown component {component!r} {where}.{hint}"
+    hint = did_you_mean(name, known)
+    msg = f"Unknown component {component!r} for {_arch_name(model)}.{hint}"
     if known:
-        msg += f" Known: {', '.join(known)}."
+        where = f" (stack {stack.name!r}, {stack.path})" if stack is not None and len(stacks) > 1 else ""
+        msg += f" Known{where}: {', '.join(known)}."
     else:
-        msg += (
-            " This architecture has no component table: register one in "
-            "vene.type_to_module_mapping, or"
-        )
-    msg += " Or pass a module path such as 'model.layers[3].mlp.output' (ending in .input or .output)."
+        msg += " vene found no layer stack with attention or a mixer; register a table in vene.type_to_module_mapping."
+    if len(stacks) > 1:
+        others = ", ".join(f"{s.name!r} ({s.path})" for i, s in enumerate(stacks) if s is not stack)
+        msg += f" Other stacks: {others}; address them as '<stack>.<component>', e.g. '{[s for s in stacks if s is not stack][0].name}.block_output'."
+    msg += f" Or pass a module path such as {_example_path(model, stack)!r} (ending in .input or .output)."
     raise UnknownComponentError(msg)
+
+
+def _example_path(model: nn.Module, stack: Stack | None) -> str:
+    if stack is not None:
+        return f"{stack.path}[0].output"
+    arch = _table_architecture(model)
+    if arch is not None:
+        return f"{arch[1]}[0].output"
+    names = [n for n, _ in model.named_modules() if n]
+    return f"{names[0]}.output" if names else "model.layers[3].mlp.output"
+
+
+def _table_site(model: nn.Module, arch: tuple, component: str, layer: int, cfg: Any) -> Site:
+    _, layers_path, table = arch
+    rel, io, view, dim_fn = table[component]
+    n_layers = len(model.get_submodule(layers_path))
+    if not 0 <= layer < n_layers:
+        raise UnknownComponentError(
+            f"layer {layer} is out of range for component {component!r}: the model has "
+            f"{n_layers} layers (0..{n_layers - 1})."
+        )
+    path = f"{layers_path}.{layer}" + (f".{rel}" if rel else "")
+    get_module(model, path)
+    n_h = None
+    if view is not None and view[0] != "chunk":  # plain chunks need no head count (GRU)
+        heads_key = view[-1] if view[0] in ("heads", "chunk_heads") else "n_head"
+        n_h = tables.HEADS[heads_key](cfg)
+    head_layout = view is not None and view[0] in ("heads", "chunk_heads", "neox_qkv_heads")
+    if io == "attn_probs" and path.endswith("attn_dropout"):
+        io = "input"
+    return Site(path, io, view, dim_fn(cfg), head_layout=head_layout or component == "attention_weight", n_heads=n_h)
 
 
 def component_dimension(model: nn.Module, component: str) -> int | None:

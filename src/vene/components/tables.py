@@ -1,4 +1,6 @@
-"""Built-in component tables, keyed by ``config.model_type`` strings.
+"""Override tables, keyed by ``config.model_type`` strings: used instead of introspection for
+GPT-2, GPT-Neo and GPT-NeoX (whose components pyvene defines exactly so) and the built-in toy
+models (MLP, GRU), which have no attention to introspect.
 
 Each entry maps a pyvene component name to ``(module path relative to one layer, io, view)``:
 
@@ -74,33 +76,6 @@ GPT2: Table = {
 }
 
 
-def _kv(cfg: Any) -> int:
-    return n_kv_heads(cfg) * head_dim(cfg)
-
-
-def _q(cfg: Any) -> int:
-    return n_heads(cfg) * head_dim(cfg)
-
-
-LLAMA: Table = {
-    "block_input": ("", "input", None, hidden),
-    "block_output": ("", "output", None, hidden),
-    "mlp_activation": ("mlp.act_fn", "output", None, mlp_inner),
-    "mlp_output": ("mlp", "output", None, hidden),
-    "mlp_input": ("mlp", "input", None, hidden),
-    "attention_value_output": ("self_attn.o_proj", "input", None, _q),
-    "head_attention_value_output": ("self_attn.o_proj", "input", ("heads", "n_head"), head_dim),
-    "attention_weight": ("self_attn", "attn_probs", None, max_pos),
-    "attention_output": ("self_attn", "output", None, hidden),
-    "attention_input": ("self_attn", "input", None, hidden),
-    "query_output": ("self_attn.q_proj", "output", None, _q),
-    "key_output": ("self_attn.k_proj", "output", None, _kv),
-    "value_output": ("self_attn.v_proj", "output", None, _kv),
-    "head_query_output": ("self_attn.q_proj", "output", ("heads", "n_head"), head_dim),
-    "head_key_output": ("self_attn.k_proj", "output", ("heads", "n_kv_head"), head_dim),
-    "head_value_output": ("self_attn.v_proj", "output", ("heads", "n_kv_head"), head_dim),
-}
-
 GPT_NEO: Table = {
     "block_input": ("", "input", None, hidden),
     "block_output": ("", "output", None, hidden),
@@ -145,12 +120,8 @@ ARCHITECTURES: dict[str, tuple[str, Table]] = {
     "gpt_neo": ("h", GPT_NEO),
     "gpt_neox": ("layers", GPT_NEOX),
 }
-LLAMA_LIKE = (
-    "llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo", "olmo2",
-    "olmo3", "smollm3", "granite", "helium",
-)
-for _mt in LLAMA_LIKE:
-    ARCHITECTURES[_mt] = ("layers", LLAMA)
+# Llama-like decoders (Llama, Mistral, Qwen, Gemma, OLMo…) need no table: introspection finds
+# their layers/self_attn/{q,k,v,o}_proj/mlp.act_fn (vene.components.introspect).
 
 
 def _h_dim(cfg: Any) -> int:
