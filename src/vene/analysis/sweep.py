@@ -46,7 +46,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from ..components import Site, detect_architecture, get_module, make_view, resolve_site
+from ..components import Site, detect_architecture, get_module, resolve_site
+from ..views import make_view
 from ..errors import ConfigError, SourceError
 from ..hooks import HookSession
 from .stepping import LayerStepper
