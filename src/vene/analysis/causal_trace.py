@@ -377,5 +377,5 @@ def causal_trace(
         subject_positions=positions, p_clean=p_clean, p_corrupted=p_corr, scores=scores,
         layers=grid_layers, window=windows, noise_std=std, samples=samples,
         model_name=getattr(cfg, "_name_or_path", None) or type(model).__name__,
-        extra={"strategy": runner.mode},
+        extra={"strategy": runner.mode, "fallback_reason": runner.fallback_reason},
     )

@@ -227,5 +227,5 @@ def activation_patching(
         clean_metric=float(_reduce(metric(clean_logits))), corrupted_metric=float(_reduce(metric(runner.base_logits))),
         tokens=token_labels(tokenizer, ids_c) if tokenizer is not None else None,
         corrupted_tokens=token_labels(tokenizer, ids_k) if tokenizer is not None else None,
-        extra={"strategy": runner.mode},
+        extra={"strategy": runner.mode, "fallback_reason": runner.fallback_reason},
     )

@@ -12,13 +12,20 @@ key/value cache that the attention modules fill) each position's keys and values
   change the positions before it, so they are never recomputed;
 * :meth:`LayerStepper.tail` applies the final norm and the output head to the last position.
 
-Nothing here is trusted blindly: :meth:`LayerStepper.check` replays the first and last layers
-(in full, with a prefix, and with the last position perturbed to test causality) and the output
-head, and compares them with the recording; a model that fails is run with plain forward passes.
+Nothing here relies on argument or module names that a dependency may rename: the key/value cache
+argument of a layer is found from its signature (the parameter annotated with a ``Cache`` type) or
+from the object the layer is handed, and the final norm is whichever norm module next to the layer
+list reproduces the recorded logits. Nothing is trusted blindly either: :meth:`LayerStepper.check`
+replays the first and last layers (in full, with a prefix, and with the last position perturbed to
+test causality) and the output head, and compares them with the recording. When a check fails,
+:attr:`LayerStepper.reason` says why, and the caller warns and runs the slower mode.
 """
 from __future__ import annotations
 
 import inspect
+import re
+import typing
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import torch
@@ -26,8 +33,57 @@ from torch import nn
 
 from ..hooks import HookSession, first_tensor, input_tensor
 
-_PAST_NAMES = ("past_key_values", "past_key_value", "layer_past")
-_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm")
+#: Parameters that carry a flag or a position about the cache, never the cache itself.
+_NOT_CACHE = ("use_cache", "cache_position", "cache_positions")
+
+
+def _is_cache_annotation(ann: Any) -> bool:
+    """True when a parameter annotation names a key/value cache type (``Cache | None``, ...)."""
+    if ann is inspect.Parameter.empty or ann is None:
+        return False
+    if isinstance(ann, str):
+        return re.search(r"\b\w*Cache\b", ann) is not None
+    if isinstance(ann, type):
+        return any(c.__name__.endswith("Cache") for c in ann.__mro__)
+    return any(_is_cache_annotation(a) for a in typing.get_args(ann))
+
+
+def _is_cache_object(v: Any) -> bool:
+    """True for an object that behaves like a key/value cache (transformers' ``Cache`` protocol)."""
+    return callable(getattr(v, "update", None)) and callable(getattr(v, "get_seq_length", None))
+
+
+def find_cache_parameter(fn: Callable, args: tuple = (), kwargs: Mapping[str, Any] | None = None) -> str | None:
+    """The name of the parameter through which ``fn`` (a layer's ``forward``) receives its key/value
+    cache, or None.
+
+    Found, in this order, from the signature (a parameter annotated with a ``*Cache`` type), from the
+    objects of this call (an argument that behaves like a cache), and only then from the name
+    (``past_key_value(s)``, ``layer_past``, ``cache``...), so a rename keeps working.
+    """
+    kwargs = dict(kwargs or {})
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    named = [p for p in params if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+    for p in named:
+        if p.name not in _NOT_CACHE and _is_cache_annotation(p.annotation):
+            return p.name
+    handed = {p.name: args[i] for i, p in enumerate(named[: len(args)]) if p.kind is not inspect.Parameter.KEYWORD_ONLY}
+    handed.update(kwargs)
+    for name, v in handed.items():
+        if _is_cache_object(v):
+            return name
+    names = [p.name for p in named] + [k for k in kwargs if k not in {p.name for p in named}]
+    for name in names:
+        if name not in _NOT_CACHE and re.fullmatch(r"(layer_)?past(_key_values?)?|(kv_|past_)?cache", name):
+            return name
+    return None
+
+
+def _looks_like_norm(m: nn.Module) -> bool:
+    return isinstance(m, nn.LayerNorm) or "norm" in type(m).__name__.lower()
 
 
 class _Hidden:
@@ -96,7 +152,10 @@ class LayerStepper:
         self.layer_in: list[Any] = [None] * n
         self.layer_out: list[Any] = [None] * n
         self.kv: list[Any] = [None] * n
+        self.slot: list[str | None] = [None] * n
         self.trim = False
+        #: Why stepping (or prefix reuse) cannot be used, set by :meth:`check`; None when it can.
+        self.reason: str | None = None
         self.head: nn.Module | None = None
         self.norm: nn.Module | None = None
 
@@ -116,23 +175,20 @@ class LayerStepper:
                 return None
             self.layer_in[j] = t
             self.calls[j] = rebuild(HIDDEN)
-            try:
-                params = list(inspect.signature(mod.forward).parameters.values())
-            except (TypeError, ValueError):
-                return None
-            names = [p.name for p in params]
-            slot = next((n for n in _PAST_NAMES if n in names), None)
+            slot = find_cache_parameter(mod.forward, args, kwargs)
             if slot is None:
                 return None
-            i = names.index(slot)
-            if i < len(args) and params[i].kind is not inspect.Parameter.KEYWORD_ONLY:
+            params = {p.name: (i, p) for i, p in enumerate(inspect.signature(mod.forward).parameters.values())}
+            i, p = params.get(slot, (len(args), None))
+            if i < len(args) and (p is None or p.kind is not inspect.Parameter.KEYWORD_ONLY):
                 if args[i] is not None:
                     return None
                 args = args[:i] + (_KVRecorder(self.kv, j),) + args[i + 1:]
-            elif kwargs.get(slot) is None and params[i].kind is not inspect.Parameter.POSITIONAL_ONLY:
+            elif kwargs.get(slot) is None and (p is None or p.kind is not inspect.Parameter.POSITIONAL_ONLY):
                 kwargs = dict(kwargs, **{slot: _KVRecorder(self.kv, j)})
             else:
                 return None
+            self.slot[j] = slot
             return args, kwargs
 
         return pre
@@ -183,7 +239,7 @@ class LayerStepper:
 
         call = {}
         for name, v in self.named[j].items():
-            if name in _PAST_NAMES:
+            if name == self.slot[j]:
                 call[name] = past
             elif name == "attention_mask":
                 if v is None:
@@ -212,61 +268,88 @@ class LayerStepper:
     def check(self, logits: torch.Tensor) -> bool:
         """Replay the first and last layers and the head; True when they reproduce the recording.
         Also decides whether prefix trimming is exact (``self.trim``)."""
+        self.trim = False
+        step_reason = self._check(logits)
+        self.reason = step_reason or self.reason
+        return step_reason is None
+
+    def _check(self, logits: torch.Tensor) -> str | None:
+        """Run the checks; returns why stepping cannot be used (None when it can) and sets
+        :attr:`trim` and, when prefix reuse is not exact, :attr:`reason`."""
         n = len(self.layers)
         if any(x is None for x in self.layer_in) or any(x is None for x in self.layer_out):
-            return False
+            return "not every layer received a hidden-state tensor in the recording pass"
         for j in range(n - 1):
             a, b = self.layer_out[j], self.layer_in[j + 1]
             if a.shape != b.shape or not (a is b or torch.equal(a, b)):
-                return False
+                return f"layer {j + 1} does not receive layer {j}'s output (something runs between the layers)"
         get = getattr(self.model, "get_output_embeddings", None)
         self.head = get() if callable(get) else None
         if self.head is None:
-            return False
+            return "the model has no get_output_embeddings()"
         parent = self.model.get_submodule(self.layers_path.rsplit(".", 1)[0]) if "." in self.layers_path else self.model
-        self.norm = next((getattr(parent, a) for a in _NORM_NAMES if isinstance(getattr(parent, a, None), nn.Module)), None)
         dev = self.layer_in[0].device
         src = torch.arange(self.total - 1, -1, -1, device=dev)
         with torch.no_grad():
             for j in sorted({0, n - 1}):
                 if not _close(self.replay(j, self.layer_in[j].index_select(0, src), src), self.layer_out[j].index_select(0, src)):
-                    return False
-            if not _close(self.tail(self.layer_out[n - 1][:, -1:]), logits):
-                return False
-            self.trim = self._check_trim(src)
-        return True
+                    return f"replaying layer {j} with its recorded arguments does not reproduce its output"
+            norms = [m for name, m in parent.named_children() if _looks_like_norm(m)]
+            last = self.layer_out[n - 1][:, -1:]
+            for norm in [*norms, None]:
+                self.norm = norm
+                if _close(self.tail(last), logits):
+                    break
+            else:
+                self.norm = None
+                return "no final norm next to the layer list reproduces the recorded logits with the output head"
+            self.reason = self._check_trim(src)
+            self.trim = self.reason is None
+        return None
 
-    def _check_trim(self, src: torch.Tensor) -> bool:
+    def _check_trim(self, src: torch.Tensor) -> str | None:
+        """None when prefix reuse is exact, else the reason it is not."""
         n, s = len(self.layers), self.seq
-        if s < 2 or any(kv is None for kv in self.kv):
-            return False
+        if s < 2:
+            return "the prompt has a single token"
+        missing = [j for j in range(n) if self.kv[j] is None]
+        if missing:
+            if any(self.slot[j] is None for j in missing):
+                return (f"no key/value cache argument was found in the signature of "
+                        f"{type(self.layers[missing[0]]).__name__}.forward")
+            return f"layer {missing[0]}'s attention did not store its keys/values in the cache it was handed"
         for j in range(n):
             try:
                 bound = inspect.signature(self.layers[j].forward).bind(*self.calls[j][0], **self.calls[j][1])
-            except (TypeError, ValueError):
-                return False
+            except (TypeError, ValueError) as e:
+                return f"layer {j}'s recorded arguments do not bind to its signature ({e})"
             named = {}
             for name, v in bound.arguments.items():
                 kind = bound.signature.parameters[name].kind
                 if kind is inspect.Parameter.VAR_KEYWORD:
                     named.update(v)
                 elif kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.VAR_POSITIONAL):
-                    return False
+                    return f"layer {j} takes positional-only arguments ({name!r})"
                 else:
                     named[name] = v
             self.named[j] = named
+        for j in range(n):
+            try:
+                self._trimmed(j, self.layer_in[j][:1, 1:], src[:1], 1)
+            except _NoTrim as e:
+                return f"layer {j}'s argument {e} cannot be cut to a suffix of the positions"
         for j in sorted({0, n - 1}):
             x, want = self.layer_in[j].index_select(0, src), self.layer_out[j].index_select(0, src)
             # causality: changing the last position leaves the others as they were
             bumped = x.clone()
             bumped[:, -1] += 1.0
             if not _close(self.replay(j, bumped, src)[:, :-1], want[:, :-1]):
-                return False
+                return f"layer {j} is not causal (changing the last position changes earlier ones)"
             for f in sorted({1, s - 1}):
                 try:
                     got = self.replay(j, x[:, f:], src, f)
-                except (_NoTrim, RuntimeError, TypeError, ValueError):
-                    return False
+                except (_NoTrim, RuntimeError, TypeError, ValueError) as e:
+                    return f"replaying layer {j} from position {f} failed ({type(e).__name__}: {e})"
                 if not _close(got, want[:, f:]):
-                    return False
-        return True
+                    return f"replaying layer {j} from position {f} with the recorded prefix differs from the recording"
+        return None

@@ -37,7 +37,6 @@ Hooks are owned by a :class:`vene.hooks.HookSession` and removed also when somet
 from __future__ import annotations
 
 import inspect
-import logging
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -52,7 +51,10 @@ from ..errors import ConfigError, SourceError
 from ..hooks import HookSession
 from .stepping import LayerStepper
 
-logger = logging.getLogger(__name__)
+
+class SweepFallbackWarning(UserWarning):
+    """A sweep runs in a slower mode than "step+prefix"; the message says why."""
+
 
 #: Default memory budget (bytes) for the activations of one chunk of rows.
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
@@ -171,6 +173,13 @@ class SweepRunner:
         if strategy == "step" and not self.stepping:
             raise ConfigError("strategy='step' needs a model with a layer list and sites inside its layers.")
         self.strategy = strategy
+        #: Why the sweep runs slower than "step+prefix" (None when it does not, or when asked to).
+        self.fallback_reason: str | None = None
+        if strategy == "auto" and not self.stepping:
+            self.fallback_reason = (
+                "the model has no list of layers" if self.layers is None
+                else "some sites are not inside the model's layers"
+            )
         self.recorded = False
 
     # -- setup ---------------------------------------------------------------------------------
@@ -250,14 +259,24 @@ class SweepRunner:
             raise ConfigError(f"These sites never ran during the forward pass: {missing}.")
         if self.stepping:
             self.stepping = self.stepper.check(logits)
+            if not self.stepping and self.strategy == "step":
+                raise ConfigError(
+                    f"This model cannot be stepped layer by layer: {self.stepper.reason}. Use strategy='auto' or 'forward'."
+                )
             if self.strategy == "step":
                 self.stepper.trim = False
-            if not self.stepping:
-                if self.strategy == "step":
-                    raise ConfigError("This model cannot be stepped layer by layer (the replay check failed).")
-                logger.info("layer stepping is not exact for %s; using batched forward passes", type(model).__name__)
+            elif self.stepper.reason is not None:
+                self.fallback_reason = self.stepper.reason
         if not self.stepping:
             self.stepper = None
+        if self.fallback_reason is not None:
+            warnings.warn(
+                f"{self.desc}: the fast path (layer stepping with prefix reuse) cannot be used for "
+                f"{type(model).__name__}: {self.fallback_reason}; running in mode {self.mode!r} instead "
+                f"(same results, slower). The mode is recorded in the result's extra['strategy'].",
+                SweepFallbackWarning,
+                stacklevel=4,
+            )
         self.recorded = True
 
     def _embedding(self) -> nn.Module:
