@@ -16,10 +16,11 @@ from .causal_trace import (
 )
 from .patching import PatchingResult, activation_patching, logit_diff, logprob, probability
 from .plotting import draw_heatmap, heatmap, plot_causal_trace, plot_patching
-from .sweep import Patch, SweepFallbackWarning, SweepRunner
+from .cells import PATCHES, Patch
+from .sweep import SweepFallbackWarning, SweepRunner
 
 __all__ = [
-    "DEFAULT_COMPONENTS", "CausalTraceResult", "Patch", "PatchingResult", "SweepFallbackWarning", "SweepRunner",
+    "DEFAULT_COMPONENTS", "CausalTraceResult", "PATCHES", "Patch", "PatchingResult", "SweepFallbackWarning", "SweepRunner",
     "activation_patching", "causal_trace", "draw_heatmap", "find_subject_positions", "guess_subject",
     "heatmap", "logit_diff", "logprob", "plot_causal_trace", "plot_patching", "probability",
 ]

@@ -23,7 +23,8 @@ from torch import nn
 
 from ..components import detect_architecture
 from ..errors import ConfigError
-from .sweep import Patch, SweepRunner
+from .cells import Patch
+from .sweep import SweepRunner
 
 logger = logging.getLogger(__name__)
 
@@ -284,7 +285,8 @@ def causal_trace(
             prediction on the clean prompt.
         subject: the subject's text (its first occurrence in the prompt), its token positions,
             or None to guess it (the first run of capitalised words after an optional article).
-        components: components to restore, each giving a ``(layers, tokens)`` grid.
+        components: components to restore, each giving a ``(layers, tokens)`` grid; module paths
+            are templates with the layer (``"model.layers[{}].mlp.output"``).
         window: layers restored together around each layer for MLP / attention outputs (ROME:
             10); ``block_output`` / ``block_input`` are restored as single states unless a mapping
             ``{component: window}`` says otherwise.

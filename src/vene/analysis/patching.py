@@ -20,7 +20,8 @@ from torch import nn
 
 from ..errors import ConfigError
 from .causal_trace import n_layers_of, token_labels
-from .sweep import Patch, SweepRunner
+from .cells import Patch, PatchFn
+from .sweep import SweepRunner
 
 Metric = Callable[[torch.Tensor], Any]
 
@@ -143,6 +144,7 @@ def activation_patching(
     progress: bool = True,
     memory_budget: int | None = None,
     strategy: str = "auto",
+    patch: str | PatchFn = "clean",
 ) -> PatchingResult:
     """Patch clean activations into the corrupted run, one (layer, position[, head]) at a time.
 
@@ -153,7 +155,8 @@ def activation_patching(
         metric: ``metric(logits)`` with the last-position logits ``(batch, vocab)`` of one cell
             returns a scalar or one value per example (averaged). See :func:`logit_diff`,
             :func:`probability`, :func:`logprob`.
-        components: component names; ``head_*`` components add a heads axis.
+        components: component names (``head_*`` components add a heads axis) or module-path
+            templates with the layer, such as ``"model.layers[{}].mlp.output"``.
         positions: positions to patch one at a time (default: all), or ``"all"`` to patch every
             position at once (one column).
         heads: heads swept for head components (default: all).
@@ -161,6 +164,11 @@ def activation_patching(
         strategy: "auto" (layer stepping and prefix reuse where the replay checks pass), "step"
             (layer stepping only) or "forward" (batched full forward passes).
         memory_budget: bytes of activations per batched chunk (default 512 MiB).
+        patch: what is written into the corrupted run: ``"clean"`` (the clean activation),
+            ``"mean"`` (its mean over the clean batch: mean ablation), ``"resample"`` (another
+            clean example's activation: resample ablation), ``"zero"``, or a function
+            ``fn(recorded, S)`` of the clean activations ``(B_clean, seq, *f)`` returning 1 or
+            ``S`` rows (see :mod:`vene.analysis.cells`).
     """
     if not callable(metric):
         raise ConfigError("metric must be a callable of the last-position logits (batch, vocab); see vene.analysis.logit_diff.")
@@ -182,8 +190,8 @@ def activation_patching(
     if not components:
         raise ConfigError("components is empty.")
     sites = [(c, l) for c in components for l in grid_layers]
-    runner = SweepRunner(model, clean_in, corr_in, sites, memory_budget=memory_budget, strategy=strategy,
-                         progress=progress, desc="activation patching")
+    runner = SweepRunner(model, clean_in, corr_in, sites, patch=patch, memory_budget=memory_budget,
+                         strategy=strategy, progress=progress, desc="activation patching")
     head_lists: dict[str, list[int]] = {}
     cells: list[list[Patch]] = []
     shapes: dict[str, tuple[int, ...]] = {}
