@@ -106,11 +106,15 @@ def hand_hooks(model, ids, answer, noise):
 # vene
 
 
+MODES: dict[str, str] = {}  # strategy asked for -> mode the sweep ran in (recorded in the result)
+
+
 def vene_trace(model, tok, ids, answer, noise, strategy="auto"):
     from vene.analysis import causal_trace
 
     r = causal_trace(model, tok, PROMPT, answer, subject=SUBJECT, components=("block_output",),
                      noise=noise, samples=1, progress=False, strategy=strategy)
+    MODES[strategy] = r.extra["strategy"] + (f" (fallback: {r.extra['fallback_reason']})" if r.extra.get("fallback_reason") else "")
     return r.scores["block_output"], r.p_clean, r.p_corrupted
 
 
@@ -264,6 +268,10 @@ def main() -> None:
     ref_grid, p_clean, p_corr = grids[ref_name]
     print(f"causal-trace sweep, SmolLM2-135M, 30 layers x 10 positions, block_output, 1 noise sample; "
           f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} (shared machine)")
+    import transformers
+
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}; vene sweep modes: "
+          + ", ".join(f"{k!r} -> {v}" for k, v in MODES.items()))
     print(f"p_clean = {p_clean:.4f}, p_corrupted = {p_corr:.4f}; wall time = median of {args.reps} round-robin runs "
           f"after a warm-up, cpu = process CPU time (both threads; less sensitive to other users of the machine)")
     print(f"{'variant':66s} {'median s':>9s} {'runs':>24s} {'/ hand':>7s} {'cpu s':>7s} {'/ hand':>7s} {'max |grid diff|':>16s}")

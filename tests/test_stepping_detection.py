@@ -55,6 +55,13 @@ def test_cache_parameter_names_are_the_last_resort_and_flags_are_never_caches():
     assert find_cache_parameter(none) is None
 
 
+def test_a_parameter_annotated_as_something_else_is_never_the_cache():
+    # transformers 4.x GPT-2: layer_past is a legacy tuple of tensors, not a Cache
+    def legacy(hidden_states, layer_past: Optional[tuple[torch.Tensor]] = None, use_cache: bool = False): ...
+
+    assert find_cache_parameter(legacy) is None
+
+
 def test_installed_transformers_layers_are_found():
     model = tiny_models.llama(lm=True)
     layer = model.model.layers[0]

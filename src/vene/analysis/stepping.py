@@ -58,8 +58,9 @@ def find_cache_parameter(fn: Callable, args: tuple = (), kwargs: Mapping[str, An
     cache, or None.
 
     Found, in this order, from the signature (a parameter annotated with a ``*Cache`` type), from the
-    objects of this call (an argument that behaves like a cache), and only then from the name
-    (``past_key_value(s)``, ``layer_past``, ``cache``...), so a rename keeps working.
+    objects of this call (an argument that behaves like a cache), and only then from the name of an
+    unannotated parameter (``past_key_value(s)``, ``layer_past``, ``cache``...), so a rename keeps
+    working and a legacy tuple-of-tensors argument is never mistaken for a cache.
     """
     kwargs = dict(kwargs or {})
     try:
@@ -75,7 +76,9 @@ def find_cache_parameter(fn: Callable, args: tuple = (), kwargs: Mapping[str, An
     for name, v in handed.items():
         if _is_cache_object(v):
             return name
-    names = [p.name for p in named] + [k for k in kwargs if k not in {p.name for p in named}]
+    # a parameter annotated as something else (e.g. a legacy tuple of tensors) is never the cache
+    names = [p.name for p in named if p.annotation is inspect.Parameter.empty]
+    names += [k for k in kwargs if k not in {p.name for p in named}]
     for name in names:
         if name not in _NOT_CACHE and re.fullmatch(r"(layer_)?past(_key_values?)?|(kv_|past_)?cache", name):
             return name
