@@ -1,4 +1,11 @@
-"""``IntervenableModel``: wrap a model, run intervened forward passes."""
+"""``IntervenableModel``: wrap a model, run intervened forward passes.
+
+Owns construction (one :class:`~vene.plan.KeySpec` per configured intervention: resolved site,
+intervention module, group, key order) and the choice of executor per call: validate the call
+into a :class:`~vene.plan.CallPlan` (:meth:`IntervenableModel.plan_call`), then run it fused
+(:mod:`vene.batching` lays out the rows) or as separate passes (:mod:`vene.engine`).
+``generate`` lives in :mod:`vene.generation`, on the same public plan / engine interface.
+"""
 from __future__ import annotations
 
 import inspect
@@ -10,7 +17,7 @@ import torch
 from torch import nn
 
 from . import batching, engine, generation
-from .batching import FUSE_BUDGET, FUSE_BUDGET_CUDA  # noqa: F401  (re-exported: the documented budgets)
+from .batching import FUSE_BUDGET  # noqa: F401  (re-exported: the documented budget)
 from .components import get_module, resolve_site
 from .config import IntervenableConfig, RepresentationConfig
 from .errors import ConfigError
