@@ -186,8 +186,10 @@ def das_collator(batch: dict) -> dict:
     }
 
 
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> dict:
-    return {"accuracy": (logits.argmax(-1) == labels).float().mean()}
+def accuracy(preds: list, labels: list) -> dict:
+    """pyvene's metrics convention: lists of per-batch logits and labels."""
+    correct = sum(int((p.argmax(-1) == y).sum()) for p, y in zip(preds, labels))
+    return {"accuracy": correct / sum(len(y) for y in labels)}
 
 
 def das_at_layer(model, layer: int, train: list, test: list, s: Settings, progress: bool = False) -> float:

@@ -327,6 +327,6 @@ def test_create_gru_defaults():
         assert isinstance(config, GRUConfig) and config.model_type == "gru"
         assert tokenizer is None and isinstance(model, cls) and model.config is config
     config, tokenizer, model = create_gru()
-    assert config.h_dim == 512 and config.n_layer == 1 and tokenizer is None
+    assert config.h_dim == 512 and config.n_layer == 2 and tokenizer is None  # pyvene: 2 layers
     assert model.wte.weight.shape == (config.vocab_size, 512)
     assert GRUConfig.from_dict(config.to_dict()) == config

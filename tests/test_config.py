@@ -22,7 +22,9 @@ def test_spellings_agree():
 
 def test_intervention_types_per_site_and_shared():
     cfg = pv.IntervenableConfig([{"layer": 0}, {"layer": 1}], pv.AdditionIntervention)
-    assert cfg.intervention_types == [pv.AdditionIntervention] * 2
+    assert cfg.intervention_types is pv.AdditionIntervention  # pyvene gives back what was passed
+    assert cfg.site_types() == [pv.AdditionIntervention] * 2
+    assert pv.IntervenableConfig({"layer": 0}).intervention_types is pv.VanillaIntervention
     cfg = pv.IntervenableConfig([{"layer": 0}, {"layer": 1}], [pv.ZeroIntervention, pv.CollectIntervention])
     assert cfg.intervention_types == [pv.ZeroIntervention, pv.CollectIntervention]
     inst = pv.ZeroIntervention()

@@ -4,6 +4,7 @@ import importlib.util
 
 import pytest
 import torch
+import transformers
 
 from vene.models import embedded
 from vene.models.embedded import (
@@ -108,7 +109,10 @@ def test_embedded_model_predicts_paris():
     config = model.config
     assert (config.num_hidden_layers, config.hidden_size) == (30, 576)
     assert (config.num_attention_heads, config.num_key_value_heads) == (9, 3)
-    assert embedded_model_path().name == EMBEDDED_MODEL_ID
+    path = embedded_model_path()
+    assert path.name == EMBEDDED_MODEL_ID
+    # one converted copy per transformers major version (a 5.x copy does not load in 4.x)
+    assert path.parent.name == f"transformers-{transformers.__version__.split('.')[0]}"
     inputs = tokenizer("The Eiffel Tower is located in the city of", return_tensors="pt")
     with torch.no_grad():
         probs = model(**inputs).logits[0, -1].softmax(-1)

@@ -48,11 +48,13 @@ def test_exception_leaves_no_hooks_and_model_unchanged(gpt2):
     assert all(torch.equal(v, state[k]) for k, v in gpt2.state_dict().items())
 
 
-def test_wrapping_does_not_change_the_model(gpt2):
-    flags = [p.requires_grad for p in gpt2.parameters()]
-    training = gpt2.training
-    pv.IntervenableModel({"layer": 0, "component": "block_output"}, model=gpt2)
-    assert [p.requires_grad for p in gpt2.parameters()] == flags and gpt2.training == training
+def test_freeze_model_false_leaves_the_model_as_it_is():
+    model = tm.gpt2()
+    model.train()
+    model.h[0].mlp.c_fc.weight.requires_grad_(True)
+    flags = [p.requires_grad for p in model.parameters()]
+    pv.IntervenableModel({"layer": 0, "component": "block_output"}, model=model, freeze_model=False)
+    assert [p.requires_grad for p in model.parameters()] == flags and model.training
 
 
 def test_user_inputs_are_not_modified(gpt2):

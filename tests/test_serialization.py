@@ -259,10 +259,10 @@ def test_atomic_write_keeps_foreign_files_and_leaves_no_temp(tmp_path):
 
 def test_include_model_saves_and_restores_trainable_model_weights(tmp_path):
     model = tiny_models.gpt2()
-    model.ln_f.weight.requires_grad_(True)
     with torch.no_grad():
         model.ln_f.weight.mul_(3.0)
     im = pv.IntervenableModel([{"layer": 1, "component": "block_output"}], model)
+    model.ln_f.weight.requires_grad_(True)  # after wrapping, which freezes the model (as pyvene)
     im.save(tmp_path / "a", include_model=True)
     assert _config(tmp_path / "a")["base_model_params"] == ["ln_f.weight"]
     fresh = tiny_models.gpt2()

@@ -467,9 +467,12 @@ def test_iit_trains_tiny_gpt2_with_a_rotation():
 
 def test_gradient_checkpointing_is_refused_with_a_clear_error():
     model = tm.gpt2(lm=True)
-    model.activation_checkpointing_enable()
-    model.train()
+    # transformers 5 renamed gradient_checkpointing_enable; both ends of the supported range are tested
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+    enable()
     iv = pv.IntervenableModel({"layer": 1, "component": "block_output", "intervention_type": pv.RotatedSpaceIntervention}, model)
+    model.train()  # wrapping put it in eval mode
     base, src = tm.ids(2, 6, 1), tm.ids(2, 6, 2)
     hooks = [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]
     with pytest.raises(pv.ConfigError, match="checkpointing_disable"):
@@ -477,7 +480,7 @@ def test_gradient_checkpointing_is_refused_with_a_clear_error():
     assert hooks == [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]
     with torch.no_grad():
         iv(base, [src], {"sources->base": 2})
-    model.activation_checkpointing_disable()
+    disable()
     _, out = iv(base, [src], {"sources->base": 2})
     out.logits.sum().backward()
 
@@ -524,10 +527,12 @@ def test_train_alignment_learns_and_anneals_the_temperature():
             b["labels"] = model(inputs_embeds=b["source_input_ids"]).logits.argmax(-1)
     inter = iv.interventions[iv.sorted_keys[0]]
     beta0 = inter.intervention_boundaries.item()
-    before = iv.eval_alignment(data, lambda lg, y: {"acc": (lg.argmax(-1) == y).float().mean()}, input_key="inputs_embeds", progress=False)
+    before = iv.eval_alignment(data, lambda lg, y: {"acc": (lg.argmax(-1) == y).float().mean()}, input_key="inputs_embeds",
+                               metrics_args="tensors", progress=False)
     hist = iv.train_alignment(data, lambda lg, y: F.cross_entropy(lg, y), None, None, lr=0.05, epochs=4,
                               input_key="inputs_embeds", progress=False, gradient_accumulation_steps=2)
-    after = iv.eval_alignment(data, lambda lg, y: {"acc": (lg.argmax(-1) == y).float().mean()}, input_key="inputs_embeds", progress=False)
+    after = iv.eval_alignment(data, lambda lg, y: {"acc": (lg.argmax(-1) == y).float().mean()}, input_key="inputs_embeds",
+                              metrics_args="tensors", progress=False)
     assert len(hist["loss"]) == 4 * 3  # 6 batches / accumulation 2, 4 epochs
     assert float(inter.temperature) == pytest.approx(0.1, abs=1e-6)
     assert inter.intervention_boundaries.item() > beta0
@@ -541,7 +546,7 @@ def test_eval_alignment_is_a_batch_weighted_average_and_restores_modes():
     data = _batches([4, 2], n_src=2)
     iv.train()
     res = iv.eval_alignment(train_dataloader=data, compute_metrics=lambda lg, y: {"y": y.float().mean(), "l": lg[:, 0].mean()},
-                            input_key="inputs_embeds", progress=False)
+                            input_key="inputs_embeds", metrics_args="tensors", progress=False)
     assert iv.interventions.training
     labels = torch.cat([b["labels"] for b in data]).float()
     assert res["y"] == pytest.approx(float(labels.mean()))

@@ -197,8 +197,24 @@ class IntervenableConfig:
 
     # -- pyvene-compatible accessors ------------------------------------------------------
     @property
-    def intervention_types(self) -> list[Any]:
-        """The intervention class (or instance / function) of every site, in order."""
+    def intervention_types(self) -> Any:
+        """What pyvene gives back: the ``intervention_types`` passed (one class, or a list; the
+        default is :class:`VanillaIntervention`), or, once any site names its own
+        ``intervention_type`` / ``intervention``, one entry per site (the type of an instance)."""
+        if any(rep.intervention is not None or rep.intervention_type is not None for rep in self.representations):
+            return self.site_types()
+        if self._default_types is None:
+            from .interventions import VanillaIntervention
+
+            return VanillaIntervention
+        return self._default_types
+
+    @intervention_types.setter
+    def intervention_types(self, value: Any) -> None:
+        self._default_types = self._check_types(value, len(self.representations))
+
+    def site_types(self) -> list[Any]:
+        """The intervention class of every site, in order (an instance's type for instances)."""
         from .interventions import VanillaIntervention
 
         out = []
@@ -220,7 +236,7 @@ class IntervenableConfig:
         rep = self.representations[i]
         if rep.intervention is not None:
             return rep.intervention
-        return self.intervention_types[i]
+        return self.site_types()[i]
 
     def add_intervention(self, representations: Any) -> None:
         """Append one site or a list of sites (each may carry its own type or instance)."""
@@ -237,7 +253,7 @@ class IntervenableConfig:
     def to_dict(self, display: bool = False) -> dict[str, Any]:
         """JSON-ready dict; tensors are stored by value (``display=True``: by shape only)."""
         reps = []
-        types_ = self.intervention_types
+        types_ = self.site_types()
         for rep, t in zip(self.representations, types_):
             d = {k: _jsonable(v, display) for k, v in rep._asdict().items() if v is not None}
             d["intervention_type"] = _type_name(t if rep.intervention is None else rep.intervention)

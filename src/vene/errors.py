@@ -2,7 +2,7 @@
 
 Every error vene raises is a :class:`VeneError`; each subclass also derives from the builtin
 exception a user would naturally catch (``ValueError``, ``KeyError``...), so ``except ValueError``
-keeps working.
+keeps working; location and subspace errors are also ``IndexError``s, which pyvene code catches.
 """
 from __future__ import annotations
 
@@ -25,16 +25,19 @@ class UnknownComponentError(VeneError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class LocationError(VeneError, ValueError):
-    """``unit_locations`` / ``subspaces`` are malformed or out of range."""
+class LocationError(VeneError, ValueError, IndexError):
+    """``unit_locations`` / ``subspaces`` are malformed or out of range.
+
+    Also an ``IndexError``: pyvene raised one for such inputs, and pyvene code catches it."""
 
 
 class SourceError(VeneError, ValueError):
     """``sources`` / ``source_representations`` do not match the configuration."""
 
 
-class ShapeMismatchError(VeneError, ValueError):
-    """Tensors handed to an intervention have incompatible shapes."""
+class ShapeMismatchError(VeneError, ValueError, IndexError):
+    """Tensors handed to an intervention have incompatible shapes, or a subspace index is out of
+    range. Also an ``IndexError``, which pyvene raised for out-of-range subspaces."""
 
 
 class HookNotFiredError(VeneError, RuntimeError):

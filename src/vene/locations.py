@@ -95,6 +95,15 @@ def int_rows(value: Any, batch: int, key: str, side: str, what: str) -> list[lis
             f"([batch][units]), got {value!r}."
         )
     if len(value) != batch:
+        if len(value) == 1 and batch > 1 and _is_int_list(value[0]):
+            raise LocationError(
+                f"{key}: {side} {what} give one row {list(value)!r} for a batch of {batch} examples. "
+                "pyvene silently used example 0's row, and example 0's source activation, for every "
+                "example; vene refuses. Give one row per example, e.g. "
+                f"{[list(value[0])] * min(batch, 3)!r}{'...' if batch > 3 else ''} ([{list(value[0])!r}] * {batch}), "
+                "or, for the same positions in every example, a shorthand such as "
+                "{'sources->base': 3} or a flat list of positions."
+            )
         if _is_int_list(value):
             raise LocationError(
                 f"{key}: {side} {what} {list(value)!r} is one level too shallow: give one list of units "
@@ -183,9 +192,14 @@ def _depth(x: Any) -> int:
     return 0
 
 
-def per_intervention(side_value: Any, keys: Sequence[str], what: str, units: Sequence[str] | None = None) -> list:
+def per_intervention(side_value: Any, keys: Sequence[str], what: str, units: Sequence[str] | None = None,
+                     links: Sequence[Any] | None = None) -> list:
     if side_value is None:
         return [None] * len(keys)
+    if (links is not None and len(keys) > 1 and isinstance(side_value, (list, tuple)) and len(side_value) == 1
+            and links[0] is not None and all(k == links[0] for k in links)):
+        # linked interventions act on one shared selection: one entry serves them all (pyvene)
+        return [side_value[0]] * len(keys)
     if units is not None and isinstance(side_value, (list, tuple)) and side_value:
         # one intervention's worth of locations ([batch][units]) is shared by every intervention
         entry_depth = {3 if "." in u else 2 for u in units}
@@ -196,7 +210,8 @@ def per_intervention(side_value: Any, keys: Sequence[str], what: str, units: Seq
     if len(side_value) != len(keys):
         raise LocationError(
             f"{what} has {len(side_value)} entries but there are {len(keys)} interventions "
-            f"({', '.join(keys)}); give one entry per intervention (None to skip one)."
+            f"({', '.join(keys)}); give one entry per intervention (None to skip one). A single "
+            "entry is shared only by interventions linked together (the same intervention_link_key)."
         )
     return list(side_value)
 
@@ -210,6 +225,7 @@ def normalise_unit_locations(
     n_groups: int,
     units: Sequence[str],
     batch: int,
+    links: Sequence[Any] | None = None,
 ) -> tuple[list[Loc | None], list[Loc | None], list[bool], list[bool], list[int | None]]:
     """Return per-key ``(src_locs, base_locs, src_given, base_given, target)``.
 
@@ -244,8 +260,8 @@ def normalise_unit_locations(
         else:
             depth = 3 if any("." in u for u in units) else 2
             src, base = expand_shorthand(unit_locations["sources->base"], n, batch, under_base=False, entry_depth=depth)
-        src_list = per_intervention(src, keys, "The source side of unit_locations", units)
-        base_list = per_intervention(base, keys, "The base side of unit_locations", units)
+        src_list = per_intervention(src, keys, "The source side of unit_locations", units, links)
+        base_list = per_intervention(base, keys, "The base side of unit_locations", units, links)
         for i in range(n):
             src_raw[i], base_raw[i] = src_list[i], base_list[i]
             src_given[i] = src is not None
@@ -262,8 +278,9 @@ def normalise_unit_locations(
             depth = 3 if any("." in units[i] for i in members) else 2
             src, base = expand_shorthand(value, len(members), batch, under_base=False, entry_depth=depth)
             m_units = [units[i] for i in members]
-            src_list = per_intervention(src, [keys[i] for i in members], f"The source side of {loc_key!r}", m_units)
-            base_list = per_intervention(base, [keys[i] for i in members], f"The base side of {loc_key!r}", m_units)
+            m_links = [links[i] for i in members] if links is not None else None
+            src_list = per_intervention(src, [keys[i] for i in members], f"The source side of {loc_key!r}", m_units, m_links)
+            base_list = per_intervention(base, [keys[i] for i in members], f"The base side of {loc_key!r}", m_units, m_links)
             for j, i in enumerate(members):
                 src_raw[i], base_raw[i] = src_list[j], base_list[j]
                 src_given[i] = src is not None

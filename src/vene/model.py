@@ -51,7 +51,9 @@ class IntervenableModelOutput:
 def _key_for(rep: RepresentationConfig) -> str:
     unit = rep.unit.replace(".", "_")
     if "." in rep.component:
-        return f"comp_{rep.component.replace('.', '_').replace('[', '_').replace(']', '_')}_unit_{unit}_nunit_{rep.max_number_of_units}"
+        # pyvene's form: only the dots become underscores ("model.layers[1].mlp.output" ->
+        # "comp_model_layers[1]_mlp_output_..."); code indexes pv_model.interventions[key]
+        return f"comp_{rep.component.replace('.', '_')}_unit_{unit}_nunit_{rep.max_number_of_units}"
     return f"layer_{rep.layer}_comp_{rep.component}_unit_{unit}_nunit_{rep.max_number_of_units}"
 
 
@@ -71,9 +73,12 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
     ``"block_output"`` resolve for known architectures, module paths such as
     ``"model.layers[3].mlp.output"`` work everywhere.
 
-    Wrapping does not change the model: no hooks are left on it between calls, its parameters keep
-    their ``requires_grad`` and its train/eval mode is untouched (call
-    :meth:`disable_model_gradients` to freeze it, as pyvene did implicitly).
+    Wrapping freezes the model, as pyvene does: it is put in eval mode (dropout off, so identical
+    calls give identical outputs) and its parameters get ``requires_grad=False``, so training code
+    such as ``Adam(pv_model.get_trainable_parameters())`` + ``loss.backward()`` computes gradients
+    for the interventions only. :meth:`enable_model_gradients` trains the model too (IIT);
+    ``freeze_model=False`` leaves the model exactly as it is (mode and ``requires_grad``). No hooks
+    are left on the model between calls.
 
     ``batch_sources``: ``"auto"`` (default) runs sources and base in one batched forward pass when
     their inputs have the same shapes and the fused batch is small enough for batching to pay
@@ -90,6 +95,7 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
         as_adaptor: bool = False,
         intervenables_sort_fn: Any = None,
         batch_sources: bool | str = "auto",
+        freeze_model: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -177,6 +183,8 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
         self._batchnorms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         self._stateful = any(rep.unit == "t" for rep in config.representations)
         self._uses_cache_flag = self.model_config is not None and hasattr(self.model_config, "use_cache")
+        if freeze_model:  # last: a failing construction leaves the model as it was
+            self.disable_model_gradients()
 
     # -- construction helpers ----------------------------------------------------------------
     def _build_intervention(self, config: IntervenableConfig, i: int, rep: RepresentationConfig, site: Any) -> nn.Module:
@@ -238,7 +246,8 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
     ) -> CallPlan:
         """Validate one call's arguments into a :class:`~vene.plan.CallPlan` (nothing runs)."""
         return build_plan(self.key_specs, self.n_groups, self.mode, self._loc_cache, base, sources,
-                          unit_locations, source_representations, subspaces, intervention_additional_kwargs)
+                          unit_locations, source_representations, subspaces, intervention_additional_kwargs,
+                          links=[self.representations[k].intervention_link_key for k in self.sorted_keys])
 
     def forward(
         self,

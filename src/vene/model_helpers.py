@@ -57,14 +57,14 @@ class ParameterHelpersMixin:
                 p.requires_grad_(False)
 
     def get_trainable_parameters(self) -> list[nn.Parameter]:
-        """Intervention parameters (each once, linked ones too), plus the model's when enabled."""
-        modules = list(self.interventions.values())
-        if self.model_has_grad:
-            modules.append(self.model)
-        return list(_unique_trainable(modules))
+        """Every parameter that requires grad, each once (linked interventions share theirs):
+        the interventions', then the model's (none while it is frozen, the default after wrapping;
+        all of them after :meth:`enable_model_gradients`)."""
+        return list(_unique_trainable(list(self.interventions.values()) + [self.model]))
 
     def count_parameters(self, include_model: bool = False) -> int:
-        """Number of trainable intervention parameters (each once), plus the model's if asked."""
+        """Number of intervention parameters that require grad (each once), plus, with
+        ``include_model``, the model's (the same rule as :meth:`get_trainable_parameters`)."""
         modules = list(self.interventions.values()) + ([self.model] if include_model else [])
         return sum(p.numel() for p in _unique_trainable(modules))
 

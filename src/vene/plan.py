@@ -173,8 +173,10 @@ def build_plan(
     source_representations: Any,
     subspaces: Any,
     extra_kwargs: Any,
+    links: Sequence[Any] | None = None,
 ) -> CallPlan:
-    """Validate one call's arguments and build its :class:`CallPlan` (``specs`` in key order)."""
+    """Validate one call's arguments and build its :class:`CallPlan` (``specs`` in key order;
+    ``links``: each key's intervention link key, linked keys may share one location entry)."""
     if not isinstance(base, Mapping):
         raise SourceError(f"base must be a dict of model inputs (e.g. a tokenizer output), got {type(base).__name__}.")
     batch = batch_size(base, "base")
@@ -183,7 +185,7 @@ def build_plan(
     reps = _representations(source_representations, keys)
     normalised = cache.get(unit_locations, batch, lambda: normalise_unit_locations(
         unit_locations, mode=mode, keys=keys, groups=[s.group for s in specs], n_groups=n_groups,
-        units=[s.unit for s in specs], batch=batch,
+        units=[s.unit for s in specs], batch=batch, links=links,
     ))
     src_locs, base_locs, src_given, base_given, target = normalised
     subs = normalise_subspaces(subspaces, keys, batch)

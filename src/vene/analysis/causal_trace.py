@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import re
+import time
+import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,6 +25,7 @@ from torch import nn
 from ..components import detect_architecture
 from ..errors import ConfigError
 from .cells import Patch
+from .results import CausalTraceResult, SweepInterrupted, provenance
 from .sweep import SweepRunner
 
 logger = logging.getLogger(__name__)
@@ -32,88 +34,15 @@ DEFAULT_COMPONENTS = ("block_output", "mlp_output", "attention_output")
 #: Components restored as single states by default (ROME restores hidden states one at a time
 #: and MLP / attention outputs over a window of layers).
 _SINGLE_STATE = ("block_output", "block_input")
-_ARTICLES = {"The", "A", "An", "This", "That", "These", "Those", "My", "Our", "His", "Her", "Its", "Their"}
-
-
-@dataclass
-class CausalTraceResult:
-    """What :func:`causal_trace` found.
-
-    ``scores[component]`` is a ``(n_layers, n_tokens)`` tensor: the answer's probability (mean
-    over noise samples) when that component's clean state at that layer (window) and token is
-    restored in the corrupted run.
-    """
-
-    prompt: str
-    answer: str
-    answer_id: int
-    tokens: list[str]
-    subject_positions: list[int]
-    p_clean: float
-    p_corrupted: float
-    scores: dict[str, torch.Tensor]
-    layers: list[int]
-    window: dict[str, int]
-    noise_std: float | None
-    samples: int
-    model_name: str | None = None
-    extra: dict = field(default_factory=dict)
-
-    def peak(self, component: str) -> tuple[float, int, int]:
-        """``(score, layer, token position)`` of the strongest restoration of ``component``."""
-        grid = self.scores[component]
-        flat = int(grid.argmax())
-        li, t = divmod(flat, grid.shape[1])
-        return float(grid[li, t]), self.layers[li], t
-
-    def summary(self) -> str:
-        """A few lines of text: p(clean), p(corrupted) and where each panel peaks."""
-        subj = ", ".join(repr(self.tokens[i]) for i in self.subject_positions)
-        lines = [
-            f"prompt {self.prompt!r} -> answer {self.answer!r}; subject tokens {subj} "
-            f"(positions {self.subject_positions})",
-            f"p_clean = {self.p_clean:.4f}, p_corrupted = {self.p_corrupted:.4f} "
-            f"({self.samples} noise sample{'s' if self.samples != 1 else ''}, std {self.noise_std:.4g})"
-            if self.noise_std is not None
-            else f"p_clean = {self.p_clean:.4f}, p_corrupted = {self.p_corrupted:.4f}",
-        ]
-        last = len(self.tokens) - 1
-        for comp, grid in self.scores.items():
-            value, layer, tok = self.peak(comp)
-            where = "subject" if tok in self.subject_positions else ("last token" if tok == last else "other")
-            line = f"{comp} (window {self.window.get(comp, 1)}): peak p={value:.3f} at layer {layer}, token {tok} {self.tokens[tok]!r} ({where})"
-            if self.subject_positions:
-                sub = grid[:, self.subject_positions]
-                li, ti = divmod(int(sub.argmax()), sub.shape[1])
-                line += f"; best subject restoration p={float(sub[li, ti]):.3f} at layer {self.layers[li]}"
-            col = grid[:, last]
-            line += f"; last token best p={float(col.max()):.3f} at layer {self.layers[int(col.argmax())]}"
-            lines.append(line)
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        """JSON-ready dictionary (the format of ``vene trace``'s ``trace.json``)."""
-        return {
-            "model": self.model_name,
-            "prompt": self.prompt,
-            "answer": self.answer,
-            "answer_id": self.answer_id,
-            "tokens": list(self.tokens),
-            "subject_positions": list(self.subject_positions),
-            "p_clean": self.p_clean,
-            "p_corrupted": self.p_corrupted,
-            "layers": list(self.layers),
-            "window": dict(self.window),
-            "noise_std": self.noise_std,
-            "samples": self.samples,
-            "scores": {c: [[float(v) for v in row] for row in g.tolist()] for c, g in self.scores.items()},
-        }
-
-    def plot(self, **kwargs: Any):
-        """The ROME panels as a matplotlib ``Figure`` (see :func:`vene.analysis.plot_causal_trace`)."""
-        from .plotting import plot_causal_trace
-
-        return plot_causal_trace(self, **kwargs)
+#: Capitalised words that start sentences or questions rather than name a subject.
+_NOT_NAMES = set(
+    "The A An This That These Those My Our Your His Her Its Their I We You He She It They There Here "
+    "In On At Of For From By With To Into After Before During Since Until When Where What Who Whom Whose Which "
+    "Why How If As Once Then Now So But And Or Yes No Q Question Answer Fact Today Yesterday Tomorrow "
+    "According Some Many Most All Every Each Is Are Was Were Do Does Did Can Could Will Would".split()
+)
+#: An answer ranked below this many tokens of the clean prediction gets a warning.
+TOP_PREDICTIONS = 10
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,19 +86,31 @@ def find_subject_positions(tokenizer: Any, ids: Sequence[int], prompt: str, subj
 
 
 def guess_subject(prompt: str) -> str | None:
-    """The first run of capitalised words, without a leading article ("The Eiffel Tower is ..."
-    -> "Eiffel Tower"); None when there is none."""
-    words = list(re.finditer(r"[A-Za-z][\w'\-]*", prompt))
+    """The first run of name-like words (with a capital letter anywhere: "Eiffel", "iPhone"),
+    separated by spaces only, skipping words that start sentences or questions rather than name
+    things ("The", "In", "Once", "Q", "Where", ...): "In 1889, the Eiffel Tower was" -> "Eiffel
+    Tower". None when there is none. Check the guess (:func:`weak_subject_reason`)."""
     run: list[re.Match] = []
-    for m in words:
+    for m in re.finditer(r"[A-Za-z][\w'\-]*", prompt):
         w = m.group(0)
-        if w[0].isupper() and not (not run and w in _ARTICLES):
+        name_like = any(c.isupper() for c in w) and w not in _NOT_NAMES
+        joined = not run or prompt[run[-1].end(): m.start()].strip() == ""
+        if name_like and joined:
             run.append(m)
         elif run:
             break
     if not run:
         return None
     return prompt[run[0].start(): run[-1].end()]
+
+
+def weak_subject_reason(prompt: str, guess: str | None) -> str | None:
+    """Why a guessed subject is doubtful (None when it looks like a name)."""
+    if guess is None:
+        return "the prompt has no capitalised name to guess it from"
+    if prompt.lstrip().startswith(guess) and len(guess.split()) == 1:
+        return f"{guess!r} is the prompt's first word and may be capitalised only because it starts the sentence"
+    return None
 
 
 def n_layers_of(model: nn.Module) -> int:
@@ -228,6 +169,9 @@ def _ids(tokenizer: Any, prompt: Any) -> tuple[torch.Tensor, str]:
 
 
 def _answer_id(tokenizer: Any, answer: Any) -> int | None:
+    """The answer's token id. A text answer must be one token: a causal trace measures the
+    probability of one next token, and tracing the first token of a longer answer would report a
+    different quantity under the answer's name, so it is refused (ConfigError) before the model runs."""
     if answer is None:
         return None
     if isinstance(answer, (int, torch.Tensor)):
@@ -238,8 +182,38 @@ def _answer_id(tokenizer: Any, answer: Any) -> int | None:
     if not ids:
         raise ConfigError(f"The answer {answer!r} tokenizes to nothing.")
     if len(ids) > 1:
-        logger.info("answer %r has %d tokens; tracing the first, %r", answer, len(ids), tokenizer.decode(ids[:1]))
+        toks = [tokenizer.decode([i]) for i in ids]
+        raise ConfigError(
+            f"The answer {answer!r} is {len(ids)} tokens {toks}, but a causal trace measures the probability "
+            f"of one next token. Trace its first token explicitly (answer {toks[0]!r}), or choose a "
+            f"one-token answer."
+        )
     return int(ids[0])
+
+
+def answer_rank_warning(tokenizer: Any, logits: torch.Tensor, ans: int, answer: Any) -> tuple[int, str | None]:
+    """``(rank, warning or None)`` of token ``ans`` in the clean next-token ``logits`` ``(vocab,)``;
+    the warning names the top predictions and a spacing variant of a text answer that ranks better."""
+    probs = logits.float().softmax(-1)
+    rank = int((probs > probs[ans]).sum())
+    if rank < TOP_PREDICTIONS:
+        return rank, None
+    top = probs.topk(5)
+    dec = (lambda i: tokenizer.decode([int(i)])) if tokenizer is not None else (lambda i: str(int(i)))
+    tops = ", ".join(f"{dec(i)!r} ({float(p):.3f})" for p, i in zip(top.values, top.indices))
+    msg = (f"The answer {dec(ans)!r} is not among the model's top {TOP_PREDICTIONS} predictions (rank {rank + 1}, "
+           f"p={float(probs[ans]):.2g}); the top predictions are {tops}.")
+    if isinstance(answer, str) and tokenizer is not None:
+        for variant in {" " + answer.strip(), answer.strip()} - {answer}:
+            ids = tokenizer(variant, add_special_tokens=False)["input_ids"]
+            if len(ids) == 1 and probs[ids[0]] > probs[ans]:
+                msg += f" Did you mean {variant!r} (p={float(probs[ids[0]]):.2g})?"
+                break
+    return rank, msg
+
+
+class TraceWarning(UserWarning):
+    """A causal trace that will likely mislead: a weak subject guess, an unlikely answer."""
 
 
 def _noise_values(noise: Any, samples: int, n_pos: int, d: int, std: float | None, seed: int, dtype, device) -> tuple[torch.Tensor, float | None]:
@@ -261,6 +235,31 @@ def _noise_values(noise: Any, samples: int, n_pos: int, d: int, std: float | Non
 # ---------------------------------------------------------------------------------------------
 
 
+def _sweep_positions(positions: Sequence[int] | None, seq: int) -> list[int]:
+    if positions is None:
+        return list(range(seq))
+    raw = [int(p) for p in positions]
+    bad = [p for p in raw if not -seq <= p < seq]
+    if bad or not raw:
+        raise ConfigError(f"positions {raw} must be token positions in [-{seq}, {seq}) (the prompt has {seq} tokens).")
+    return sorted({p % seq for p in raw})
+
+
+def _check_resume(resume: CausalTraceResult, expected: dict) -> None:
+    have = {
+        "tokens": resume.tokens, "answer_id": resume.answer_id, "subject_positions": resume.subject_positions,
+        "components": list(resume.scores), "layers": resume.layers, "positions": resume.positions,
+        "window": resume.window, "samples": resume.samples, "seed": resume.seed, "noise_std": resume.noise_std,
+    }
+    for key, want in expected.items():
+        if have[key] != want and not (key == "noise_std" and want is not None and have[key] is not None
+                                      and abs(have[key] - want) <= 1e-6 * abs(want)):
+            raise ConfigError(
+                f"Cannot resume: the saved run has {key} {have[key]!r}, this run {want!r}. Resume with the "
+                f"same settings as the saved run, or start a new one."
+            )
+
+
 def causal_trace(
     model: nn.Module,
     tokenizer: Any,
@@ -276,17 +275,21 @@ def causal_trace(
     progress: bool = True,
     memory_budget: int | None = None,
     strategy: str = "auto",
+    positions: Sequence[int] | None = None,
+    resume: CausalTraceResult | None = None,
 ) -> CausalTraceResult:
     """ROME's causal trace of ``prompt`` -> ``answer``.
 
     Args:
         prompt: text (needs ``tokenizer``) or token ids.
-        answer: text (its first token is traced), a token id, or None for the model's own top
-            prediction on the clean prompt.
+        answer: one-token text, a token id, or None for the model's own top prediction on the
+            clean prompt. A text answer of several tokens is refused (ConfigError) before the
+            model runs: the trace measures one next token's probability. An answer outside the
+            model's top 10 predictions gets a :class:`TraceWarning` (also in ``result.warnings``).
         subject: the subject's text (its first occurrence in the prompt), its token positions,
-            or None to guess it (the first run of capitalised words after an optional article).
-        components: components to restore, each giving a ``(layers, tokens)`` grid; module paths
-            are templates with the layer (``"model.layers[{}].mlp.output"``).
+            or None to guess it (:func:`guess_subject`; a doubtful guess warns).
+        components: components to restore, each giving a ``(layers, positions)`` grid; module
+            paths are templates with the layer (``"model.layers[{}].mlp.output"``).
         window: layers restored together around each layer for MLP / attention outputs (ROME:
             10); ``block_output`` / ``block_input`` are restored as single states unless a mapping
             ``{component: window}`` says otherwise.
@@ -295,34 +298,49 @@ def causal_trace(
         samples: noise samples; every score is the mean probability over them.
         seed: seed of the noise generator.
         layers: layers to sweep (default: all).
-        progress: show a tqdm progress bar.
+        positions: token positions to sweep (default: all); the grids' columns.
+        progress: show a tqdm progress bar counting restorations (grid cells, each averaged over
+            the noise samples).
         memory_budget: bytes of activations per batched chunk (default 512 MiB).
         strategy: "auto" (layer stepping and prefix reuse where the replay checks pass), "step"
             (layer stepping only) or "forward" (batched full forward passes).
+        resume: a partial result of the same trace (``SweepInterrupted.result`` or
+            ``CausalTraceResult.from_json``); only its missing cells are computed.
+
+    Ctrl-C during the sweep raises :class:`~vene.analysis.results.SweepInterrupted` (a
+    ``KeyboardInterrupt``) whose ``result`` holds the cells computed so far.
     """
     if samples < 1:
         raise ConfigError(f"samples must be >= 1, got {samples}.")
+    t_start = time.perf_counter()
     ids, text = _ids(tokenizer, prompt)
     seq = ids.shape[1]
+    found: list[str] = []
+    guessed = subject is None
     if subject is None:
         guess = guess_subject(text) if isinstance(prompt, str) else None
         if guess is None:
             raise ConfigError("Pass subject= (its text or token positions): it could not be guessed from the prompt.")
+        reason = weak_subject_reason(text, guess)
+        if reason:
+            found.append(f"The guessed subject {guess!r} may be wrong: {reason}. Pass subject= to choose it.")
         logger.info("guessed subject %r", guess)
         subject = guess
     if isinstance(subject, str):
         if tokenizer is None:
             raise ConfigError("A text subject needs a tokenizer; pass its token positions instead.")
-        positions = find_subject_positions(tokenizer, ids[0].tolist(), text, subject)
+        subj_pos = find_subject_positions(tokenizer, ids[0].tolist(), text, subject)
     else:
-        positions = sorted({int(p) % seq for p in subject})
-        if not positions or any(not -seq <= int(p) < seq for p in subject):
+        subj_pos = sorted({int(p) % seq for p in subject})
+        if not subj_pos or any(not -seq <= int(p) < seq for p in subject):
             raise ConfigError(f"subject positions {list(subject)} are out of range for {seq} tokens.")
     components = list(components)
     if not components:
         raise ConfigError("components is empty.")
+    ans = _answer_id(tokenizer, answer)
     n_layers = n_layers_of(model)
     grid_layers = list(range(n_layers)) if layers is None else [int(l) % n_layers for l in layers]
+    sweep_pos = _sweep_positions(positions, seq)
     windows = _windows(components, window)
     emb = model.get_input_embeddings() if callable(getattr(model, "get_input_embeddings", None)) else None
     if emb is None or getattr(emb, "weight", None) is None:
@@ -334,7 +352,14 @@ def causal_trace(
         std = None
     else:
         std = 3.0 * embedding_std(model) if noise is None else float(noise)
-    values, std = _noise_values(noise, samples, len(positions), d, std, seed, emb.weight.dtype, emb.weight.device)
+    values, std = _noise_values(noise, samples, len(subj_pos), d, std, seed, emb.weight.dtype, emb.weight.device)
+    tokens = token_labels(tokenizer, ids[0].tolist())
+    if resume is not None:
+        expected = {"tokens": tokens, "subject_positions": subj_pos, "components": components, "layers": grid_layers,
+                    "positions": sweep_pos, "window": windows, "samples": samples, "seed": seed, "noise_std": std}
+        if ans is not None:
+            expected["answer_id"] = ans
+        _check_resume(resume, expected)
 
     site_index: dict[tuple[str, int], int] = {}
     sites: list[tuple[str, int]] = []
@@ -345,39 +370,74 @@ def causal_trace(
                 if (comp, lw) not in site_index:
                     site_index[(comp, lw)] = len(sites)
                     sites.append((comp, lw))
+    entry: list[int] = []  # the lowest restored layer of each cell: chunks group cells that join together
     for comp in components:
         for layer in grid_layers:
-            ws = [site_index[(comp, lw)] for lw in window_layers(layer, windows[comp], n_layers)]
-            for t in range(seq):
+            wl = window_layers(layer, windows[comp], n_layers)
+            ws = [site_index[(comp, lw)] for lw in wl]
+            for t in sweep_pos:
                 cells.append([Patch(s, t) for s in ws])
+                entry.append(wl[0])
 
     runner = SweepRunner(
         model, {"input_ids": ids}, {"input_ids": ids.expand(samples, -1)}, sites,
-        noise=(positions, values), memory_budget=memory_budget, strategy=strategy,
-        progress=progress, desc="causal trace",
+        noise=(subj_pos, values), memory_budget=memory_budget, strategy=strategy,
+        progress=False, desc="causal trace",
     )
     runner.record()
-    ans = _answer_id(tokenizer, answer)
+    t_record = time.perf_counter()
     if ans is None:
-        ans = int(runner.clean_logits[0].argmax())
+        ans = resume.answer_id if resume is not None else int(runner.clean_logits[0].argmax())
     vocab = runner.clean_logits.shape[-1]
     if not 0 <= ans < vocab:
         raise ConfigError(f"answer token id {ans} is outside the vocabulary (size {vocab}).")
     answer_text = tokenizer.decode([ans]) if tokenizer is not None and not isinstance(answer, str) else (answer if isinstance(answer, str) else str(ans))
+    rank, msg = answer_rank_warning(tokenizer, runner.clean_logits[0], ans, answer)
+    if msg:
+        found.append(msg)
+    for m in found:
+        warnings.warn(m, TraceWarning, stacklevel=2)
 
     def cell_values(logits: torch.Tensor) -> torch.Tensor:
         return logits.softmax(-1)[..., ans].mean(-1)
 
-    values_out = runner.run(cells, cell_values)
-    per = len(grid_layers) * seq
-    scores = {c: values_out[i * per: (i + 1) * per].view(len(grid_layers), seq) for i, c in enumerate(components)}
+    values_out = torch.full((len(cells),), float("nan"))
+    if resume is not None:
+        values_out = torch.cat([resume.scores[c].reshape(-1).float() for c in components])
+    todo = sorted((k for k in range(len(cells)) if bool(torch.isnan(values_out[k]))), key=lambda k: entry[k])
+    per_chunk = max(1, runner.max_rows() // runner.S)
+    interrupted = False
+    from tqdm.auto import tqdm
+
+    try:
+        with tqdm(total=len(cells), initial=len(cells) - len(todo), desc="causal trace", unit=" restorations",
+                  smoothing=0, disable=not progress, leave=False) as bar:
+            for a in range(0, len(todo), per_chunk):
+                chunk = todo[a: a + per_chunk]
+                values_out[torch.as_tensor(chunk)] = runner.run([cells[k] for k in chunk], cell_values).float()
+                bar.update(len(chunk))
+    except KeyboardInterrupt:
+        interrupted = True
+    t_end = time.perf_counter()
+    per = len(grid_layers) * len(sweep_pos)
+    scores = {c: values_out[i * per: (i + 1) * per].view(len(grid_layers), len(sweep_pos)) for i, c in enumerate(components)}
     p_clean = float(runner.clean_logits.softmax(-1)[:, ans].mean())
     p_corr = float(runner.base_logits.softmax(-1)[:, ans].mean())
     cfg = getattr(model, "config", None)
-    return CausalTraceResult(
-        prompt=text, answer=answer_text, answer_id=ans, tokens=token_labels(tokenizer, ids[0].tolist()),
-        subject_positions=positions, p_clean=p_clean, p_corrupted=p_corr, scores=scores,
+    before = resume.provenance.get("timings", {}) if resume is not None else {}
+    timings = {"record_s": round(t_record - t_start, 3), "sweep_s": round(t_end - t_record + before.get("sweep_s", 0.0), 3),
+               "restorations_this_run": len(todo) if not interrupted else int((~torch.isnan(values_out[todo])).sum())}
+    result = CausalTraceResult(
+        prompt=text, answer=answer_text, answer_id=ans, tokens=tokens,
+        subject_positions=subj_pos, p_clean=p_clean, p_corrupted=p_corr, scores=scores,
         layers=grid_layers, window=windows, noise_std=std, samples=samples,
         model_name=getattr(cfg, "_name_or_path", None) or type(model).__name__,
-        extra={"strategy": runner.mode, "fallback_reason": runner.fallback_reason},
+        extra={"strategy": runner.mode, "fallback_reason": runner.fallback_reason, "subject_guessed": guessed},
+        positions=sweep_pos, seed=seed, answer_rank=rank + 1, warnings=found,
+        provenance=provenance(seed=seed, strategy=runner.mode, fallback_reason=runner.fallback_reason,
+                              timings=timings,
+                              resumed=(resume.provenance.get("resumed", 0) + 1) if resume is not None else 0),
     )
+    if interrupted:
+        raise SweepInterrupted(result) from None
+    return result

@@ -12,7 +12,6 @@ corrupted state at its layer (see :mod:`vene.analysis.sweep`).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -21,88 +20,30 @@ from torch import nn
 from ..errors import ConfigError
 from .causal_trace import n_layers_of, token_labels
 from .cells import Patch, PatchFn
+from .results import PatchingResult, SweepInterrupted, provenance
 from .sweep import SweepRunner
 
 Metric = Callable[[torch.Tensor], Any]
 
 
+def _named(fn: Metric, name: str) -> Metric:
+    fn.metric_name = name  # type: ignore[attr-defined]
+    return fn
+
+
 def logit_diff(correct: int, wrong: int) -> Metric:
     """Metric: ``logit[correct] - logit[wrong]`` of the last position (per example)."""
-    return lambda logits: logits[..., correct] - logits[..., wrong]
+    return _named(lambda logits: logits[..., correct] - logits[..., wrong], f"logit[{correct}] - logit[{wrong}]")
 
 
 def probability(token: int) -> Metric:
     """Metric: the probability of ``token`` at the last position (per example)."""
-    return lambda logits: logits.softmax(-1)[..., token]
+    return _named(lambda logits: logits.softmax(-1)[..., token], f"p[{token}]")
 
 
 def logprob(token: int) -> Metric:
     """Metric: the log-probability of ``token`` at the last position (per example)."""
-    return lambda logits: logits.log_softmax(-1)[..., token]
-
-
-@dataclass
-class PatchingResult:
-    """What :func:`activation_patching` found.
-
-    ``scores[component]``: ``(n_layers, n_positions)``, or ``(n_layers, n_positions, n_heads)``
-    for head components -- the metric with that clean activation patched into the corrupted run.
-    ``positions`` lists the patched positions (``["all"]`` when every position is patched at once).
-    """
-
-    scores: dict[str, torch.Tensor]
-    layers: list[int]
-    positions: list[Any]
-    heads: dict[str, list[int]]
-    clean_metric: float
-    corrupted_metric: float
-    tokens: list[str] | None = None
-    corrupted_tokens: list[str] | None = None
-    extra: dict = field(default_factory=dict)
-
-    def normalized(self) -> dict[str, torch.Tensor]:
-        """Scores rescaled so that 0 is the corrupted run and 1 the clean run."""
-        span = self.clean_metric - self.corrupted_metric
-        if span == 0:
-            raise ConfigError("The clean and corrupted runs give the same metric; nothing to normalise by.")
-        return {c: (g - self.corrupted_metric) / span for c, g in self.scores.items()}
-
-    def peak(self, component: str) -> tuple[float, tuple[int, ...]]:
-        """``(score, (layer, position[, head]))`` of the cell with the largest score."""
-        g = self.scores[component]
-        idx = list(torch.unravel_index(g.argmax(), g.shape))
-        idx[0] = self.layers[int(idx[0])]
-        return float(g.max()), tuple(int(i) if not isinstance(i, int) else i for i in idx)
-
-    def summary(self) -> str:
-        lines = [f"metric: clean {self.clean_metric:.4f}, corrupted {self.corrupted_metric:.4f}"]
-        for comp in self.scores:
-            v, idx = self.peak(comp)
-            pos = self.positions[idx[1]]
-            label = f"position {pos}"
-            if self.tokens is not None and isinstance(pos, int):
-                label += f" {self.tokens[pos]!r}"
-            head = f", head {self.heads[comp][idx[2]]}" if len(idx) > 2 else ""
-            lines.append(f"{comp}: peak {v:.4f} at layer {idx[0]}, {label}{head}")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        return {
-            "tokens": self.tokens,
-            "corrupted_tokens": self.corrupted_tokens,
-            "layers": list(self.layers),
-            "positions": list(self.positions),
-            "heads": {c: list(h) for c, h in self.heads.items()},
-            "clean_metric": self.clean_metric,
-            "corrupted_metric": self.corrupted_metric,
-            "scores": {c: g.tolist() for c, g in self.scores.items()},
-        }
-
-    def plot(self, **kwargs: Any):
-        """Heatmaps as a matplotlib ``Figure`` (see :func:`vene.analysis.plot_patching`)."""
-        from .plotting import plot_patching
-
-        return plot_patching(self, **kwargs)
+    return _named(lambda logits: logits.log_softmax(-1)[..., token], f"log p[{token}]")
 
 
 def _as_inputs(x: Any, tokenizer: Any, what: str) -> dict:
@@ -145,6 +86,7 @@ def activation_patching(
     memory_budget: int | None = None,
     strategy: str = "auto",
     patch: str | PatchFn = "clean",
+    metric_name: str | None = None,
 ) -> PatchingResult:
     """Patch clean activations into the corrupted run, one (layer, position[, head]) at a time.
 
@@ -169,7 +111,16 @@ def activation_patching(
             clean example's activation: resample ablation), ``"zero"``, or a function
             ``fn(recorded, S)`` of the clean activations ``(B_clean, seq, *f)`` returning 1 or
             ``S`` rows (see :mod:`vene.analysis.cells`).
+        metric_name: what the metric is, for summaries and figures (default: the ``metric_name``
+            attribute of the metric, which :func:`logit_diff` & co. set).
+
+    The progress bar counts patches (grid cells). Ctrl-C raises
+    :class:`~vene.analysis.results.SweepInterrupted` whose ``result`` has the finished cells
+    (NaN elsewhere).
     """
+    import time
+
+    t_start = time.perf_counter()
     if not callable(metric):
         raise ConfigError("metric must be a callable of the last-position logits (batch, vocab); see vene.analysis.logit_diff.")
     clean_in = _as_inputs(clean, tokenizer, "clean")
@@ -191,7 +142,7 @@ def activation_patching(
         raise ConfigError("components is empty.")
     sites = [(c, l) for c in components for l in grid_layers]
     runner = SweepRunner(model, clean_in, corr_in, sites, patch=patch, memory_budget=memory_budget,
-                         strategy=strategy, progress=progress, desc="activation patching")
+                         strategy=strategy, progress=False, desc="activation patching")
     head_lists: dict[str, list[int]] = {}
     cells: list[list[Patch]] = []
     shapes: dict[str, tuple[int, ...]] = {}
@@ -214,11 +165,24 @@ def activation_patching(
                     cells.extend([Patch(s, t, h) for t in toks] for h in hs)
         shapes[comp] = (len(grid_layers), len(pos_list)) + ((len(hs),) if hs is not None else ())
     runner.record()
+    t_record = time.perf_counter()
 
     def cell_values(logits: torch.Tensor) -> torch.Tensor:
         return torch.stack([_reduce(metric(lg)) for lg in logits])
 
-    values = runner.run(cells, cell_values)
+    values = torch.full((len(cells),), float("nan"))
+    per_chunk = max(1, runner.max_rows() // runner.S)
+    interrupted = False
+    from tqdm.auto import tqdm
+
+    try:  # chunk by chunk, so that Ctrl-C keeps the finished cells (and the bar counts patches)
+        with tqdm(total=len(cells), desc="activation patching", unit=" patches", smoothing=0,
+                  disable=not progress, leave=False) as bar:
+            for a in range(0, len(cells), per_chunk):
+                values[a: a + per_chunk] = runner.run(cells[a: a + per_chunk], cell_values).float()
+                bar.update(len(cells[a: a + per_chunk]))
+    except KeyboardInterrupt:
+        interrupted = True
     scores, at = {}, 0
     for comp in components:
         n = 1
@@ -230,10 +194,20 @@ def activation_patching(
     if clean_logits.shape[0] != runner.S:
         clean_logits = clean_logits.expand(runner.S, -1)
     ids_c, ids_k = clean_in["input_ids"][0].tolist(), corr_in["input_ids"][0].tolist()
-    return PatchingResult(
+    timings = {"record_s": round(t_record - t_start, 3), "sweep_s": round(time.perf_counter() - t_record, 3)}
+    decode = (lambda ids: tokenizer.decode(ids)) if tokenizer is not None else (lambda ids: None)
+    result = PatchingResult(
         scores=scores, layers=grid_layers, positions=pos_list, heads=head_lists,
         clean_metric=float(_reduce(metric(clean_logits))), corrupted_metric=float(_reduce(metric(runner.base_logits))),
         tokens=token_labels(tokenizer, ids_c) if tokenizer is not None else None,
         corrupted_tokens=token_labels(tokenizer, ids_k) if tokenizer is not None else None,
         extra={"strategy": runner.mode, "fallback_reason": runner.fallback_reason},
+        metric_name=metric_name or getattr(metric, "metric_name", None),
+        clean_prompt=clean if isinstance(clean, str) else decode(ids_c),
+        corrupted_prompt=corrupted if isinstance(corrupted, str) else decode(ids_k),
+        model_name=getattr(getattr(model, "config", None), "_name_or_path", None) or type(model).__name__,
+        provenance=provenance(strategy=runner.mode, fallback_reason=runner.fallback_reason, timings=timings),
     )
+    if interrupted:
+        raise SweepInterrupted(result) from None
+    return result

@@ -115,14 +115,11 @@ class CollectIntervention(ConstantSourceIntervention):
         super().__init__(**kwargs)
 
     def forward(self, base, source=None, subspaces=None):
-        if subspaces is not None:
-            m = feature_mask(subspaces, base.shape[-1], base.shape[0], self.subspace_partition, base.device)
-            counts = m.sum(1)
-            if bool((counts != counts[0]).any()):
-                return [base[i][..., m[i]] for i in range(base.shape[0])]
-            idx = m.nonzero()[:, 1].view(base.shape[0], -1)
-            idx = idx.view(idx.shape[0], *([1] * (base.dim() - 2)), idx.shape[1]).expand(*base.shape[:-1], idx.shape[1])
-            return base.gather(-1, idx)
+        if subspaces is not None:  # the features in the order asked (pyvene's), rows are examples
+            from ..utils import _do_intervention_by_swap
+
+            return _do_intervention_by_swap(base, None, "collect", subspaces=subspaces,
+                                            subspace_partition=self.subspace_partition)
         k = _limit(self, base)
         return base if k is None else base[..., :k]
 

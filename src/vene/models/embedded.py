@@ -52,6 +52,7 @@ __all__ = [
     "embedded_model_path",
     "load_embedded_model",
     "load_model",
+    "load_tokenizer",
 ]
 
 EMBEDDED_MODEL_ID = "smollm2-135m-instruct"
@@ -88,9 +89,20 @@ def default_cache_dir() -> Path:
     return base / "vene"
 
 
+def _transformers_major() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("transformers").split(".", 1)[0]
+    except Exception:  # noqa: BLE001  (not installed: loading fails later with its own message)
+        return "none"
+
+
 def _model_dir(cache_dir: Optional[Union[str, os.PathLike]]) -> Path:
+    """The converted copy's folder. One per transformers major version: a copy saved by
+    transformers 5 (its tokenizer class) does not load in transformers 4, and both are supported."""
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return root / EMBEDDED_MODEL_ID
+    return root / f"transformers-{_transformers_major()}" / EMBEDDED_MODEL_ID
 
 
 def embedded_gguf_file() -> Path:
@@ -405,7 +417,37 @@ def load_model(
             f"Cannot load {name!r}: it is not an existing local directory or .gguf "
             "file, and it is not in the local Hugging Face cache (vene loads "
             "models offline and never downloads). Download it beforehand (e.g. "
-            f"`huggingface-cli download {name}`) or pass a local path; "
+            f"`hf download {name}`) or pass a local path; "
             f"use load_model(None) for the embedded {EMBEDDED_MODEL_ID}. "
             f"Underlying error: {err}"
+        ) from err
+
+
+def load_tokenizer(
+    name_or_path: Optional[Union[str, os.PathLike]] = None,
+    *,
+    cache_dir: Optional[Union[str, os.PathLike]] = None,
+) -> Any:
+    """The tokenizer :func:`load_model` would return for ``name_or_path``, without loading the
+    weights (fast: lets a caller check its inputs before the model loads). Offline, like
+    :func:`load_model`; raises :class:`ModelNotAvailableError` when there is none."""
+    from transformers import AutoTokenizer
+
+    kwargs: dict = {"local_files_only": True}
+    if name_or_path is None or (isinstance(name_or_path, str) and _is_embedded_name(name_or_path)):
+        source = str(embedded_model_path(cache_dir))
+    else:
+        path = Path(name_or_path).expanduser()
+        source = str(path)
+        if path.is_file() and path.suffix.lower() == ".gguf":
+            source, kwargs["gguf_file"] = str(path.parent), path.name
+        elif not path.is_dir():
+            source = str(name_or_path)
+    try:
+        with _quiet_transformers():
+            return AutoTokenizer.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise ModelNotAvailableError(
+            f"No tokenizer could be loaded for {str(name_or_path)!r} ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+            "pass a model directory that has one."
         ) from err

@@ -10,13 +10,14 @@ that can be read by attribute, by key or by integer position, and carry a
 
 from __future__ import annotations
 
+import collections
 import copy
 from typing import Any, Dict, Iterator, Tuple
 
 import torch
 from torch import nn
 
-__all__ = ["ModelOutput", "BuiltinConfig", "BuiltinModule"]
+__all__ = ["ModelOutput", "BuiltinConfig", "BuiltinModule", "output_tuple"]
 
 
 class ModelOutput(dict):
@@ -116,6 +117,37 @@ class ModelOutput(dict):
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={_short_repr(v)}" for k, v in self.items())
         return f"{type(self).__name__}({inner})"
+
+
+_TUPLE_TYPES: Dict[tuple, type] = {}
+
+
+def _tuple_getitem(self: tuple, key: Any) -> Any:
+    if isinstance(key, str):
+        return getattr(self, key)
+    return tuple.__getitem__(self, key)
+
+
+def _tuple_getattr(self: tuple, name: str) -> Any:
+    if name in type(self)._declared:
+        return None  # a declared field that was None (not part of the tuple)
+    raise AttributeError(f"{type(self).__name__} has no field {name!r}")
+
+
+def output_tuple(out: "ModelOutput") -> tuple:
+    """``out`` as a tuple of its non-None values, in order (what pyvene's built-in models return
+    without ``return_dict``), that still reads fields by name: ``t[0]``, ``t.logits``, ``t["logits"]``."""
+    names = tuple(out.keys())
+    key = (type(out).__name__, names, type(out)._fields)
+    cls = _TUPLE_TYPES.get(key)
+    if cls is None:
+        base = collections.namedtuple(f"{type(out).__name__}Tuple", names)
+        cls = type(base.__name__, (base,), {
+            "__slots__": (), "__getitem__": _tuple_getitem, "__getattr__": _tuple_getattr,
+            "_declared": frozenset(type(out)._fields),
+        })
+        _TUPLE_TYPES[key] = cls
+    return cls(*out.values())
 
 
 def _short_repr(value: Any) -> str:

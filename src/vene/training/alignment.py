@@ -1,26 +1,38 @@
 """Training and evaluation loops for trainable interventions (pyvene's ``train_alignment``).
 
-Both functions take an :class:`~vene.IntervenableModel` and a data loader of dict batches. A batch
-holds (pyvene's field names):
+Both functions take an :class:`~vene.IntervenableModel` and a data loader of dict batches, and
+accept pyvene's calling conventions exactly, so the loss, metrics and collator functions of
+pyvene's tutorials run unchanged.
+
+**Batches** (pyvene's field names), after ``inputs_collator(batch)`` if one is given:
 
 * ``input_ids``: the base inputs, passed to the model as ``{input_key: ...}`` (``input_key``
   defaults to ``"input_ids"``; use ``"inputs_embeds"`` for models fed with vectors, such as the
-  built-in MLP); ``attention_mask`` is passed along when present;
-* ``source_input_ids``: the source inputs; ``(batch, n_sources, ...)`` (one more dimension than
-  ``input_ids``) gives one source per intervention group, ``source_input_ids[:, g]``; otherwise a
-  single source shared by every group (``source_attention_mask`` likewise);
-* ``labels``: handed to ``compute_loss`` / ``compute_metrics``;
-* optional ``subspaces`` and location fields ``"source_{i}->base.0.{unit}"`` (source side) and
+  built-in MLP); ``attention_mask`` is passed along when present (pyvene ignored it);
+* ``source_input_ids``: the source inputs; a single source shared by every intervention group,
+  as in pyvene, or (vene) ``(batch, n_groups, ...)`` (one more dimension than ``input_ids``) for
+  one source per group, ``source_input_ids[:, g]`` (``source_attention_mask`` likewise);
+* ``labels``: handed to ``compute_loss`` / ``compute_metrics`` (never to the model);
+* optional ``subspaces`` (passed as the call's ``subspaces``; a ``(batch, k)`` tensor is shared by
+  every intervention) and location fields ``"source_{i}->base.0.{unit}"`` (source side) and
   ``"source_{i}->base.1.{unit}"`` (base side) for intervention ``i``, ``(batch, units)`` tensors or
   lists; without them the interventions act on whole tensors.
 
-A batch may instead carry the call itself: ``base`` (dict), ``sources`` (list of dicts or None),
-and optionally ``unit_locations`` and ``subspaces``: this covers multi-source designs where some
-groups are skipped per batch (a None source).
+A batch may instead carry the call itself (vene): ``base`` (dict), ``sources`` (list of dicts or
+None), and optionally ``unit_locations`` and ``subspaces``; this covers multi-source designs where
+some groups are skipped per batch (a None source).
+
+**Metrics**: as in pyvene, ``compute_metrics`` is called as ``compute_metrics([logits], [labels])``
+(one-element lists holding the batch's tensors) and may return a number or a dict of numbers.
+``eval_alignment`` returns the batch-size-weighted average over the loader: a float for number
+metrics (pyvene's return value), a dict with the average of each key for dict metrics. With
+``metrics_args="tensors"`` (vene's shorter form) ``compute_metrics(logits, labels)`` receives the
+tensors themselves.
 """
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from typing import Any, Callable, Iterable
 
@@ -30,7 +42,9 @@ from tqdm.auto import tqdm
 
 from ..errors import ConfigError
 
-__all__ = ["train_alignment", "eval_alignment", "batch_unit_locations", "annealed_interventions"]
+__all__ = [
+    "train_alignment", "eval_alignment", "batch_unit_locations", "annealed_interventions", "weighted_average",
+]
 
 
 def annealed_interventions(intervenable: Any) -> list[nn.Module]:
@@ -113,8 +127,21 @@ def _call_args(intervenable: Any, batch: Mapping, input_key: str) -> dict:
         "base": base,
         "sources": sources,
         "unit_locations": batch_unit_locations(intervenable, batch),
-        "subspaces": batch.get("subspaces"),
+        "subspaces": _batch_subspaces(intervenable, batch.get("subspaces")),
     }
+
+
+def _batch_subspaces(intervenable: Any, subspaces: Any) -> Any:
+    """A ``(batch, k)`` tensor (no collator turned it into lists) is shared by every intervention;
+    a ``(n_interventions, batch, k)`` tensor gives one entry per intervention."""
+    if not isinstance(subspaces, torch.Tensor):
+        return subspaces
+    rows = subspaces.tolist()
+    if subspaces.dim() == 2:
+        return [rows] * len(intervenable.sorted_keys)
+    if subspaces.dim() == 1:
+        return [[[v] for v in rows]] * len(intervenable.sorted_keys)
+    return rows
 
 
 def _logits(out: Any) -> torch.Tensor:
@@ -139,11 +166,13 @@ def _run(intervenable: Any, batch: Mapping, input_key: str) -> torch.Tensor:
     return _logits(out.intervened_outputs)
 
 
-def _linear_warmup(optimizer: torch.optim.Optimizer, warm_up: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+def _linear_warmup(optimizer: torch.optim.Optimizer, warm_up: float, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """transformers' ``get_linear_schedule_with_warmup`` (what pyvene uses): the factor rises
+    linearly from 0 over ``warm_up`` steps, then falls linearly to 0 at ``total``."""
     def factor(step: int) -> float:
         if step < warm_up:
-            return (step + 1) / max(1, warm_up)
-        return max(0.0, (total - step) / max(1, total - warm_up))
+            return step / max(1.0, warm_up)
+        return max(0.0, (total - step) / max(1.0, total - warm_up))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -152,11 +181,71 @@ def _to_float(v: Any) -> float:
     return float(v.item()) if isinstance(v, torch.Tensor) else float(v)
 
 
+def _is_number(v: Any) -> bool:
+    if isinstance(v, torch.Tensor):
+        return v.numel() == 1
+    return isinstance(v, numbers.Number) and not isinstance(v, bool)
+
+
+def _metric_value(result: Any) -> float | dict[str, float]:
+    """A ``compute_metrics`` result as a float or a dict of floats (pyvene allows either)."""
+    if _is_number(result):
+        return _to_float(result)
+    if isinstance(result, Mapping):
+        bad = [k for k, v in result.items() if not _is_number(v)]
+        if bad:
+            raise ConfigError(
+                f"compute_metrics returned a dict whose value for {bad[0]!r} is "
+                f"{type(result[bad[0]]).__name__}; each value must be a number (or a one-element tensor)."
+            )
+        return {k: _to_float(v) for k, v in result.items()}
+    raise ConfigError(
+        f"compute_metrics must return a number or a dict of numbers, got {type(result).__name__}."
+    )
+
+
+def weighted_average(values: list, weights: list) -> float | dict[str, float]:
+    """Average of per-batch metrics weighted by batch size (pyvene's ``weighted_average``);
+    dict metrics are averaged key by key."""
+    if len(values) != len(weights):
+        raise ConfigError(f"weighted_average got {len(values)} values but {len(weights)} weights.")
+    total = float(sum(weights))
+    if not values or total == 0:
+        return {}
+    vals = [_metric_value(v) for v in values]
+    if all(isinstance(v, float) for v in vals):
+        return sum(v * w for v, w in zip(vals, weights)) / total
+    if not all(isinstance(v, dict) for v in vals):
+        raise ConfigError("compute_metrics returned a number for some batches and a dict for others.")
+    keys = list(vals[0])
+    for v in vals[1:]:
+        if list(v) != keys:
+            raise ConfigError(f"compute_metrics returned keys {list(v)} for one batch and {keys} for another.")
+    return {k: sum(v[k] * w for v, w in zip(vals, weights)) / total for k in keys}
+
+
+_METRIC_FORMS = ("lists", "tensors")
+
+
+def _metrics(compute_metrics: Callable, logits: torch.Tensor, labels: Any, form: str) -> Any:
+    if form == "lists":
+        return compute_metrics([logits], [labels])
+    return compute_metrics(logits, labels)
+
+
+def _check_form(metrics_args: str) -> None:
+    if metrics_args not in _METRIC_FORMS:
+        raise ConfigError(
+            f"metrics_args must be 'lists' (pyvene: compute_metrics([logits], [labels])) or 'tensors' "
+            f"(compute_metrics(logits, labels)), got {metrics_args!r}."
+        )
+
+
 def train_alignment(
     intervenable: Any,
     train_dataloader: Iterable,
     compute_loss: Callable[[torch.Tensor, Any], torch.Tensor],
-    compute_metrics: Callable[[torch.Tensor, Any], Mapping] | None = None,
+    compute_metrics: Callable[..., Any] | None = None,
     inputs_collator: Callable[[Any], Mapping] | None = None,
     *,
     lr: float = 1e-3,
@@ -164,24 +253,32 @@ def train_alignment(
     gradient_accumulation_steps: int = 1,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
-    warm_up_steps: int | None = None,
+    warm_up_steps: float | None = None,
     temperature_schedule: Any = "auto",
     max_grad_norm: float | None = None,
     input_key: str = "input_ids",
+    metrics_args: str = "lists",
     progress: bool = True,
 ) -> dict:
     """Train the interventions (and the model, after ``enable_model_gradients()``).
 
     Per batch: ``inputs_collator(batch)`` (if given), an intervened forward pass, ``loss =
-    compute_loss(logits, batch["labels"])``, backward; every ``gradient_accumulation_steps``
-    batches an optimiser step (default: Adam over ``get_trainable_parameters()`` at ``lr``, with a
-    linear schedule warming up over ``warm_up_steps``, default 10% of the steps) and, for
-    interventions with a temperature (boundless, sigmoid masks), the next value of
-    ``temperature_schedule``: ``(start, end)`` annealed linearly over all steps, ``"auto"`` (pyvene's
-    50 -> 0.1 when such interventions exist) or None (leave temperatures alone).
+    compute_loss(logits, batch["labels"])``, backward, and (if given) ``compute_metrics([logits],
+    [labels])`` for the progress bar and the history. Every ``gradient_accumulation_steps``
+    batches an optimiser step: by default Adam over ``get_trainable_parameters()`` at ``lr`` with
+    transformers' linear schedule, warming up over ``warm_up_steps`` optimiser steps (default 10%
+    of them, as in pyvene; pyvene ignored the argument), then, for interventions with a temperature
+    (boundless, sigmoid masks), the next value of ``temperature_schedule``: ``(start, end)``
+    annealed linearly over the optimiser steps, ``"auto"`` (pyvene's 50 -> 0.1 when such
+    interventions exist) or None (leave temperatures alone).
 
-    Returns the history: ``{"loss": [per step], "metrics": [per batch, if compute_metrics]}``.
+    As in pyvene, the wrapped model runs in eval mode during the loop (dropout off; its mode is
+    restored afterwards) and the interventions in train mode.
+
+    Returns the history (pyvene returned None): ``{"loss": [per optimiser step], "metrics": [per
+    batch, each a float or a dict, if compute_metrics]}``.
     """
+    _check_form(metrics_args)
     if gradient_accumulation_steps < 1:
         raise ConfigError(f"gradient_accumulation_steps must be >= 1, got {gradient_accumulation_steps}.")
     if optimizer is None:
@@ -198,7 +295,7 @@ def train_alignment(
         per_epoch = None
     total = per_epoch * epochs if per_epoch is not None else None
     if scheduler is None and total:
-        warm = int(0.1 * total) if warm_up_steps is None else int(warm_up_steps)
+        warm = 0.1 * total if warm_up_steps is None else float(warm_up_steps)
         scheduler = _linear_warmup(optimizer, warm, total)
 
     annealed = annealed_interventions(intervenable)
@@ -213,6 +310,8 @@ def train_alignment(
         for iv in annealed:
             iv.set_temperature(temps[0])
 
+    modes = [(m, m.training) for m in intervenable.model.modules()]
+    intervenable.model.eval()
     intervenable.interventions.train()
     history: dict[str, list] = {"loss": [], "metrics": []}
     step = 0
@@ -227,11 +326,11 @@ def train_alignment(
                     batch = inputs_collator(batch)
                 logits = _run(intervenable, batch, input_key)
                 labels = batch.get("labels")
-                loss = compute_loss(logits, labels)
-                (loss / gradient_accumulation_steps).backward()
                 if compute_metrics is not None:
                     with torch.no_grad():
-                        history["metrics"].append(dict(compute_metrics(logits.detach(), labels)))
+                        history["metrics"].append(_metric_value(_metrics(compute_metrics, logits.detach(), labels, metrics_args)))
+                loss = compute_loss(logits, labels)
+                (loss / gradient_accumulation_steps).backward()
                 if (i + 1) % gradient_accumulation_steps == 0:
                     if max_grad_norm is not None:
                         torch.nn.utils.clip_grad_norm_(params_to_clip, max_grad_norm)
@@ -241,53 +340,58 @@ def train_alignment(
                     optimizer.zero_grad()
                     step += 1
                     if temps is not None:
-                        t = temps[min(step, len(temps) - 1)]
+                        t = temps[min(step - 1, len(temps) - 1)]
                         for iv in annealed:
                             iv.set_temperature(t)
                     history["loss"].append(_to_float(loss))
                 bar.update(1)
                 post = {"loss": f"{_to_float(loss):.4f}"}
                 if history["metrics"]:
-                    post.update({k: f"{_to_float(v):.3f}" for k, v in history["metrics"][-1].items()})
+                    last = history["metrics"][-1]
+                    post.update({k: f"{v:.3f}" for k, v in last.items()} if isinstance(last, dict) else {"acc": f"{last:.3f}"})
                 bar.set_postfix(post, refresh=False)
     finally:
         bar.close()
+        for m, mode in modes:
+            m.training = mode
     return history
 
 
 def eval_alignment(
     intervenable: Any,
     eval_dataloader: Iterable | None = None,
-    compute_metrics: Callable[[torch.Tensor, Any], Mapping] | None = None,
+    compute_metrics: Callable[..., Any] | None = None,
     inputs_collator: Callable[[Any], Mapping] | None = None,
     *,
     train_dataloader: Iterable | None = None,
     input_key: str = "input_ids",
+    metrics_args: str = "lists",
     progress: bool = True,
-) -> dict:
-    """Evaluate without gradients: the batch-size-weighted average of ``compute_metrics(logits,
-    labels)`` over the loader (``train_dataloader=`` is accepted, as in pyvene's README).
+) -> float | dict[str, float]:
+    """Evaluate without gradients: the batch-size-weighted average of ``compute_metrics([logits],
+    [labels])`` over the loader, a float (number metrics, pyvene's return value) or a dict (dict
+    metrics, averaged key by key). ``train_dataloader=`` is accepted, as in pyvene's README.
 
-    Interventions are put in eval mode for the loop and restored afterwards.
+    Interventions are put in eval mode for the loop and restored afterwards; the model's mode is
+    left as it is (eval since wrapping, unless changed).
     """
+    _check_form(metrics_args)
     loader = eval_dataloader if eval_dataloader is not None else train_dataloader
     if loader is None or compute_metrics is None:
         raise ConfigError("eval_alignment needs eval_dataloader=... and compute_metrics=....")
     modes = [(m, m.training) for m in intervenable.interventions.modules()]
     intervenable.interventions.eval()
-    totals: dict[str, float] = {}
-    count = 0
+    values: list = []
+    sizes: list[int] = []
     try:
         with torch.no_grad():
             for batch in tqdm(loader, disable=not progress, desc="eval_alignment"):
                 if inputs_collator is not None:
                     batch = inputs_collator(batch)
                 logits = _run(intervenable, batch, input_key)
-                n = logits.shape[0]
-                for k, v in compute_metrics(logits, batch.get("labels")).items():
-                    totals[k] = totals.get(k, 0.0) + _to_float(v) * n
-                count += n
+                values.append(_metric_value(_metrics(compute_metrics, logits, batch.get("labels"), metrics_args)))
+                sizes.append(logits.shape[0])
     finally:
         for m, mode in modes:
             m.training = mode
-    return {k: v / max(count, 1) for k, v in totals.items()}
+    return weighted_average(values, sizes)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .outputs import BuiltinConfig, BuiltinModule, ModelOutput
+from ..outputs import BuiltinConfig, BuiltinModule, ModelOutput, output_tuple
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class GRUConfig(BuiltinConfig):
     """Configuration of the GRU models.
 
     Args:
-        n_layer: number of stacked GRU layers.
+        n_layer: number of stacked GRU layers (default 2, as in pyvene).
         h_dim: hidden (and embedding) width.
         vocab_size: size of the token embedding / LM head.
         num_classes: number of classes of :class:`GRUForClassification`.
@@ -76,7 +76,7 @@ class GRUConfig(BuiltinConfig):
 
     def __init__(
         self,
-        n_layer: int = 1,
+        n_layer: int = 2,
         h_dim: int = 512,
         vocab_size: int = 50257,
         num_classes: int = 2,
@@ -197,7 +197,7 @@ class GRUModel(BuiltinModule):
         attention_mask: Optional[torch.Tensor] = None,
         hidden_states: Optional[torch.Tensor] = None,
         output_hidden_states: bool = False,
-        return_dict: bool = True,
+        return_dict: Optional[bool] = None,
     ):
         """Run the recurrence.
 
@@ -212,7 +212,8 @@ class GRUModel(BuiltinModule):
                 every layer or ``(n_layer, batch, h_dim)``; zeros if ``None``.
             output_hidden_states: also return the embeddings and each layer's
                 outputs, each ``(batch, seq, h_dim)``.
-            return_dict: return a :class:`GRUModelOutput` (else a tuple).
+            return_dict: True: a :class:`GRUModelOutput`; otherwise (the default, as in
+                pyvene) a tuple of the non-None fields that also reads them by name.
 
         Returns ``last_hidden_state`` ``(batch, seq, h_dim)`` (top layer),
         ``final_state`` ``(n_layer, batch, h_dim)`` and, if asked,
@@ -271,7 +272,7 @@ class GRUModel(BuiltinModule):
             final_state=torch.stack(states, dim=0),
             hidden_states=all_hidden,
         )
-        return out if return_dict else out.to_tuple()
+        return out if return_dict else output_tuple(out)
 
 
 class GRULMHeadModel(BuiltinModule):
@@ -303,7 +304,7 @@ class GRULMHeadModel(BuiltinModule):
         hidden_states: Optional[torch.Tensor] = None,
         labels: Optional[torch.Tensor] = None,
         output_hidden_states: bool = False,
-        return_dict: bool = True,
+        return_dict: Optional[bool] = None,
     ):
         base = self.gru(
             input_ids=input_ids,
@@ -324,7 +325,7 @@ class GRULMHeadModel(BuiltinModule):
                 ignore_index=-100,
             )
         out = GRULMOutput(loss=loss, logits=logits, hidden_states=base.hidden_states)
-        return out if return_dict else out.to_tuple()
+        return out if return_dict else output_tuple(out)
 
 
 class GRUForClassification(BuiltinModule):
@@ -355,7 +356,7 @@ class GRUForClassification(BuiltinModule):
         hidden_states: Optional[torch.Tensor] = None,
         labels: Optional[torch.Tensor] = None,
         output_hidden_states: bool = False,
-        return_dict: bool = True,
+        return_dict: Optional[bool] = None,
     ):
         base = self.gru(
             input_ids=input_ids,
@@ -373,7 +374,7 @@ class GRUForClassification(BuiltinModule):
             else:
                 loss = F.cross_entropy(logits, labels.reshape(-1).long().to(logits.device))
         out = GRUClassifierOutput(loss=loss, logits=logits, hidden_states=base.hidden_states)
-        return out if return_dict else out.to_tuple()
+        return out if return_dict else output_tuple(out)
 
 
 def create_gru(config: Optional[GRUConfig] = None):

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .outputs import BuiltinConfig, BuiltinModule, ModelOutput
+from ..outputs import BuiltinConfig, BuiltinModule, ModelOutput, output_tuple
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ class MLPModel(BuiltinModule):
         inputs_embeds: Optional[torch.Tensor] = None,
         attention_mask: Optional[torch.Tensor] = None,
         output_hidden_states: bool = False,
-        return_dict: bool = True,
+        return_dict: Optional[bool] = None,
     ):
         """Run the blocks.
 
@@ -213,7 +213,8 @@ class MLPModel(BuiltinModule):
                 MLP mixes no information across positions).
             output_hidden_states: also return the input and every block's
                 output, each ``(batch, seq, h_dim)``.
-            return_dict: return an :class:`MLPModelOutput` (else a tuple).
+            return_dict: True: an :class:`MLPModelOutput`; otherwise (the default, as in
+                pyvene) a tuple of the non-None fields that also reads them by name.
         """
         hidden = self._embed(input_ids, inputs_embeds)
         all_hidden: Optional[Tuple[torch.Tensor, ...]] = (hidden,) if output_hidden_states else None
@@ -222,7 +223,7 @@ class MLPModel(BuiltinModule):
             if all_hidden is not None:
                 all_hidden = all_hidden + (hidden,)
         out = MLPModelOutput(last_hidden_state=hidden, hidden_states=all_hidden)
-        return out if return_dict else out.to_tuple()
+        return out if return_dict else output_tuple(out)
 
 
 def _classification_loss(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -255,7 +256,7 @@ class MLPForClassification(BuiltinModule):
         attention_mask: Optional[torch.Tensor] = None,
         labels: Optional[torch.Tensor] = None,
         output_hidden_states: bool = False,
-        return_dict: bool = True,
+        return_dict: Optional[bool] = None,
     ):
         base = self.mlp(
             input_ids=input_ids,
@@ -271,7 +272,7 @@ class MLPForClassification(BuiltinModule):
         if labels is not None:
             loss = _classification_loss(logits, labels, self.config.num_classes)
         out = MLPClassifierOutput(loss=loss, logits=logits, hidden_states=base.hidden_states)
-        return out if return_dict else out.to_tuple()
+        return out if return_dict else output_tuple(out)
 
 
 def create_mlp_classifier(

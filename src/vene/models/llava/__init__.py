@@ -1,0 +1,1 @@
+"""pyvene's package path ``pyvene.models.llava``."""
