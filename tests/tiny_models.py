@@ -116,3 +116,29 @@ def capture(model: nn.Module, module: nn.Module, inputs: dict, pre: bool = False
     with hooked(module, fn, pre=pre):
         model(**inputs)
     return store["t"]
+
+
+def olmo2(n_layer: int = 2, hidden: int = 32, heads: int = 4):
+    """Post-norm blocks: the attention and MLP read the residual stream tensor itself."""
+    from transformers import Olmo2Config, Olmo2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Olmo2Config(
+        num_hidden_layers=n_layer, hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=heads,
+        intermediate_size=48, vocab_size=VOCAB, max_position_embeddings=32, bos_token_id=0, eos_token_id=0,
+        pad_token_id=0,
+    )
+    return _finish(Olmo2ForCausalLM(cfg))
+
+
+def cohere(n_layer: int = 2, hidden: int = 32, heads: int = 4):
+    """Parallel blocks: attention and MLP read the same normalised tensor."""
+    from transformers import CohereConfig, CohereForCausalLM
+
+    torch.manual_seed(0)
+    cfg = CohereConfig(
+        num_hidden_layers=n_layer, hidden_size=hidden, num_attention_heads=heads, num_key_value_heads=heads,
+        intermediate_size=48, vocab_size=VOCAB, max_position_embeddings=32, bos_token_id=0, eos_token_id=0,
+        pad_token_id=0,
+    )
+    return _finish(CohereForCausalLM(cfg))

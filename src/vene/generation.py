@@ -54,7 +54,8 @@ import torch
 from . import engine
 from .errors import ConfigError, LocationError, SourceError
 from .hooks import HookSession
-from .locations import Loc, _expand, _per_key, _rows
+from .locations import Loc, build_loc, expand_shorthand, int_rows, per_intervention
+from .plan import batch_size
 
 STEP_ALIASES = ("prompt", "generated")
 
@@ -168,7 +169,7 @@ def _resolve_source(entry: Any, level: int | None, n: int, pads: torch.Tensor, a
     if entry is None or level is None:
         return _clip(entry)
     rows_in = entry[1] if level == 2 else entry
-    rows = _rows(rows_in, len(pads), key, "source", "pos locations")
+    rows = int_rows(rows_in, len(pads), key, "source", "pos locations")
     out = []
     for b, row in enumerate(rows):
         new = [p + n if p < 0 else (p + int(pads[b]) if absolute else p) for p in row]
@@ -179,7 +180,8 @@ def _resolve_source(entry: Any, level: int | None, n: int, pads: torch.Tensor, a
 
 
 class _Gate:
-    """Per-step decision of one setter: skip, or act at these units (see :class:`engine.Op`)."""
+    """Step strategy of one setter during generation: at each model pass, skip or act at these
+    units (the ``select`` protocol of :class:`vene.ops.EveryFiring`)."""
 
     def __init__(self, key: str, pred: Callable[[int], bool], counter: _StepCounter, loc: Loc | None,
                  level: int | None, absolute: bool, pads: torch.Tensor, prompt_len: int, record: list | None) -> None:
@@ -194,7 +196,7 @@ class _Gate:
         self.dynamic = pos is not None and (absolute or bool((pos < 0).any()))
         self._cache: dict = {}
 
-    def __call__(self, fire: int, view: torch.Tensor) -> Any:
+    def select(self, fire: int, view: torch.Tensor) -> Any:
         step = self.counter.step
         if not self.pred(step):
             return None
@@ -251,20 +253,6 @@ class _Gate:
         return out
 
 
-def _base_loc(entry: Any, unit: str, batch: int, key: str) -> Loc | None:
-    """Like :func:`locations.build_loc` but keeps negative positions (resolved per step)."""
-    if entry is None:
-        return None
-    if "." in unit:
-        if not (isinstance(entry, (list, tuple)) and len(entry) == 2):
-            raise LocationError(f"{key}: unit {unit!r} needs [[first-level units], [positions]] per side, got {entry!r}.")
-        r1 = _rows(entry[0], batch, key, "base", unit.split(".")[0] + " locations")
-        r2 = _rows(entry[1], batch, key, "base", unit.split(".")[1] + " locations")
-        return Loc(torch.tensor(r1), torch.tensor(r2), max(max(r) for r in r1), max(max(r) for r in r2))
-    rows = _rows(entry, batch, key, "base", f"{unit} locations")
-    return Loc(torch.tensor(rows), None, max(max(r) for r in rows), 0)
-
-
 # ---------------------------------------------------------------------------------------------
 
 
@@ -305,20 +293,18 @@ def generate(
     if unit_locations is None and not intervene_on_prompt and timesteps is None and not absolute:
         unit_locations = {"base": 0}  # pyvene: each decoding step's position 0
     keys = pvm.sorted_keys
-    specs = [pvm._specs[k] for k in keys]
+    specs = pvm.key_specs
     prompt_len, pads = _length_and_pads(base, "base", absolute)
 
     # Base locations are kept aside (they may be negative / absolute); the plan sees placeholders.
     base_raw: list = [None] * len(keys)
     planned = unit_locations
     if pvm.mode == "parallel" and isinstance(unit_locations, dict) and set(unit_locations) <= {"sources->base", "base"} and len(unit_locations) == 1:
-        from .model import _batch_size
-
-        batch = _batch_size(base, "base")
+        batch = batch_size(base, "base")
         under_base = "base" in unit_locations
-        src, bse = _expand(next(iter(unit_locations.values())), len(keys), batch, under_base)
-        src_l = _per_key(src, keys, "The source side of unit_locations")
-        base_raw = _per_key(bse, keys, "The base side of unit_locations")
+        src, bse = expand_shorthand(next(iter(unit_locations.values())), len(keys), batch, under_base)
+        src_l = per_intervention(src, keys, "The source side of unit_locations")
+        base_raw = per_intervention(bse, keys, "The base side of unit_locations")
         srcs = sources if isinstance(sources, (list, tuple)) else [sources] if sources is not None else [None]
         if len(srcs) == 1 and pvm.n_groups > 1:
             srcs = list(srcs) * pvm.n_groups
@@ -334,7 +320,7 @@ def generate(
         planned = {"sources->base": (fixed if any(e is not None for e in fixed) else None, [_clip(e) for e in base_raw] if bse is not None else None)}
     elif absolute or _has_negative(unit_locations):
         raise LocationError("Negative or absolute positions in generate() need parallel-mode unit_locations with 'sources->base' or 'base'.")
-    plan = pvm._plan(base, sources, planned, source_representations, subspaces, intervention_additional_kwargs)
+    plan = pvm.plan_call(base, sources, planned, source_representations, subspaces, intervention_additional_kwargs)
     batch = plan.batch
 
     counter = _StepCounter()
@@ -342,14 +328,14 @@ def generate(
     gates: dict[str, _Gate] = {}
     per_key = timesteps if isinstance(timesteps, dict) else None
     if per_key is not None:
-        unknown = [k for k in per_key if k not in pvm._specs]
+        unknown = [k for k in per_key if k not in keys]
         if unknown:
             raise LocationError(f"timesteps has unknown key {unknown[0]!r}; keys are {keys}.")
     for i, s in enumerate(specs):
         if pvm.mode == "parallel" and planned is not unit_locations:
-            loc = _base_loc(base_raw[i], s.unit, batch, s.key)
+            loc = build_loc(base_raw[i], s.unit, batch, s.key, "base", negative=True)
         else:
-            loc = plan.base_locs[i]
+            loc = plan.keys[i].base_loc
         chosen = per_key.get(s.key) if per_key is not None else timesteps
         if chosen is None:
             if absolute:
@@ -371,13 +357,10 @@ def generate(
     if output_original_output:
         original = model.generate(**base, **generate_kwargs)
 
-    groups_used = sorted({s.group for s, g in zip(plan.specs, plan.needs_getter) if g})
-    protected = pvm._protected(base, *plan.sources)
+    protected = engine.protected_storages(base, *plan.sources)
     pvm.full_intervention_outputs = plan.full_outputs
-    pvm._run_sources(plan, groups_used, protected)
-    ops = pvm._ops(plan, {}, {plan.n_groups: None})
-    for op in ops:
-        op.gate = gates[op.spec.key]
+    engine.run_sources(model, plan, protected, pvm.model_has_grad, not any(s.unit == "t" for s in specs))
+    ops = engine.ops_for(plan, {}, {plan.n_groups: None}, steps=gates)
     handle = model.register_forward_pre_hook(counter, with_kwargs=True)
     try:
         with HookSession(model) as session:

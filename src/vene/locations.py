@@ -41,16 +41,20 @@ def batch_index(batch: int, device: torch.device) -> torch.Tensor:
 class Loc:
     """Index tensors of one intervention on one side (source or base)."""
 
-    __slots__ = ("idx", "idx2", "max1", "max2", "batch", "shared", "span", "_dev")
+    __slots__ = ("idx", "idx2", "max1", "max2", "batch", "shared", "span", "rows", "_dev")
 
-    def __init__(self, idx: torch.Tensor, idx2: torch.Tensor | None, max1: int, max2: int, shared: bool = False) -> None:
+    def __init__(self, idx: torch.Tensor, idx2: torch.Tensor | None, max1: int, max2: int, shared: bool = False,
+                 rows: torch.Tensor | None = None) -> None:
         self.idx = idx
         self.idx2 = idx2
         self.max1 = max1
         self.max2 = max2
         self.batch = idx.shape[0]
+        #: ``(R,)`` batch rows that row ``r`` of ``idx`` selects from (default: row ``r``), for
+        #: selections that touch only some rows of a batch (sweep cells)
+        self.rows = rows
         #: every example selects the same units (decided per call, never sticky)
-        self.shared = shared and idx2 is None
+        self.shared = shared and idx2 is None and rows is None
         #: (start, length) when the shared units are consecutive: read and written as a slice view
         self.span: tuple[int, int] | None = None
         if self.shared:
@@ -67,7 +71,7 @@ class Loc:
         """``(idx, idx2, batch_index)`` on ``device`` (cached)."""
         got = self._dev.get(device)
         if got is None:
-            b = batch_index(self.batch, device)
+            b = batch_index(self.batch, device) if self.rows is None else self.rows.to(device).unsqueeze(1)
             idx = self.idx[0].to(device) if self.shared else self.idx.to(device)
             idx2 = self.idx2.to(device) if self.idx2 is not None else None
             got = (idx, idx2, b)
@@ -83,7 +87,7 @@ def _is_int_list(x: Any) -> bool:
     return isinstance(x, (list, tuple)) and len(x) > 0 and all(_is_int(v) for v in x)
 
 
-def _rows(value: Any, batch: int, key: str, side: str, what: str) -> list[list[int]]:
+def int_rows(value: Any, batch: int, key: str, side: str, what: str) -> list[list[int]]:
     """Validate ``[batch][units]`` ints; return as list of lists."""
     if not isinstance(value, (list, tuple)):
         raise LocationError(
@@ -142,8 +146,9 @@ def _check_unique(rows: list[list[int]], key: str, what: str) -> None:
             )
 
 
-def build_loc(entry: Any, unit: str, batch: int, key: str, side: str) -> Loc | None:
-    """Turn one intervention's canonical entry into a :class:`Loc` (None = whole tensor)."""
+def build_loc(entry: Any, unit: str, batch: int, key: str, side: str, negative: bool = False) -> Loc | None:
+    """Turn one intervention's canonical entry into a :class:`Loc` (None = whole tensor).
+    ``negative``: keep negative locations (generation resolves them at each step)."""
     if entry is None:
         return None
     if "." in unit:
@@ -153,11 +158,11 @@ def build_loc(entry: Any, unit: str, batch: int, key: str, side: str) -> Loc | N
                 f"[[{unit.split('.')[0]}s per example], [{unit.split('.')[1]}s per example]], got {entry!r}. "
                 "Use vene.GET_LOC((head, pos)) to build one."
             )
-        r1 = _rows(entry[0], batch, key, side, unit.split(".")[0] + " locations")
-        r2 = _rows(entry[1], batch, key, side, unit.split(".")[1] + " locations")
+        r1 = int_rows(entry[0], batch, key, side, unit.split(".")[0] + " locations")
+        r2 = int_rows(entry[1], batch, key, side, unit.split(".")[1] + " locations")
         for rows, level in ((r1, unit.split(".")[0]), (r2, unit.split(".")[1])):
             low = min(min(r) for r in rows)
-            if low < 0:
+            if low < 0 and not negative:
                 raise LocationError(f"{key}: negative {side} {level} location {low}; locations count from 0.")
         if side == "base":
             _check_unique(r1, key, unit.split(".")[0] + " locations")
@@ -165,17 +170,17 @@ def build_loc(entry: Any, unit: str, batch: int, key: str, side: str) -> Loc | N
         t1 = torch.tensor(r1, dtype=torch.long)
         t2 = torch.tensor(r2, dtype=torch.long)
         return Loc(t1, t2, max(max(r) for r in r1), max(max(r) for r in r2))
-    rows = _rows(entry, batch, key, side, f"{unit} locations")
+    rows = int_rows(entry, batch, key, side, f"{unit} locations")
     mins = min(min(r) for r in rows)
-    if mins < 0:
+    if mins < 0 and not negative:
         raise LocationError(f"{key}: negative {side} location {mins}; locations count from 0.")
-    if side == "base" and unit != "t":  # time steps: checked per step (engine._TimeIndex)
+    if side == "base" and unit != "t":  # time steps: checked per step (ops.TimeIndex)
         _check_unique(rows, key, f"{unit} locations")
     shared = all(r == rows[0] for r in rows)
     return Loc(torch.tensor(rows, dtype=torch.long), None, max(max(r) for r in rows), 0, shared)
 
 
-def _expand(value: Any, n: int, batch: int, under_base: bool, entry_depth: int = 2) -> tuple[Any, Any]:
+def expand_shorthand(value: Any, n: int, batch: int, under_base: bool, entry_depth: int = 2) -> tuple[Any, Any]:
     """Apply the shorthand table. Returns (SRC, BASE) lists of length n (or None)."""
     if _is_int(value):
         e = [[value]] * batch
@@ -224,8 +229,8 @@ def _depth(x: Any, level: int = 0) -> int:
     return 0
 
 
-def _per_key(side_value: Any, keys: Sequence[str], what: str, units: Sequence[str] | None = None,
-             links: Sequence[Any] | None = None) -> list:
+def per_intervention(side_value: Any, keys: Sequence[str], what: str, units: Sequence[str] | None = None,
+                     links: Sequence[Any] | None = None) -> list:
     if side_value is None:
         return [None] * len(keys)
     if (links is not None and len(keys) > 1 and isinstance(side_value, (list, tuple)) and len(side_value) == 1
@@ -288,12 +293,12 @@ def normalise_unit_locations(
         if "sources->base" in unit_locations and "base" in unit_locations:
             raise LocationError("Give either 'sources->base' or 'base' in unit_locations, not both.")
         if "base" in unit_locations:
-            src, base = _expand(unit_locations["base"], n, batch, under_base=True)
+            src, base = expand_shorthand(unit_locations["base"], n, batch, under_base=True)
         else:
             depth = 3 if any("." in u for u in units) else 2
-            src, base = _expand(unit_locations["sources->base"], n, batch, under_base=False, entry_depth=depth)
-        src_list = _per_key(src, keys, "The source side of unit_locations", units, links)
-        base_list = _per_key(base, keys, "The base side of unit_locations", units, links)
+            src, base = expand_shorthand(unit_locations["sources->base"], n, batch, under_base=False, entry_depth=depth)
+        src_list = per_intervention(src, keys, "The source side of unit_locations", units, links)
+        base_list = per_intervention(base, keys, "The base side of unit_locations", units, links)
         for i in range(n):
             src_raw[i], base_raw[i] = src_list[i], base_list[i]
             src_given[i] = src is not None
@@ -308,11 +313,11 @@ def normalise_unit_locations(
             g, dst = _parse_serial_key(loc_key, n_groups)
             members = [i for i in range(n) if groups[i] == g]
             depth = 3 if any("." in units[i] for i in members) else 2
-            src, base = _expand(value, len(members), batch, under_base=False, entry_depth=depth)
+            src, base = expand_shorthand(value, len(members), batch, under_base=False, entry_depth=depth)
             m_units = [units[i] for i in members]
             m_links = [links[i] for i in members] if links is not None else None
-            src_list = _per_key(src, [keys[i] for i in members], f"The source side of {loc_key!r}", m_units, m_links)
-            base_list = _per_key(base, [keys[i] for i in members], f"The base side of {loc_key!r}", m_units, m_links)
+            src_list = per_intervention(src, [keys[i] for i in members], f"The source side of {loc_key!r}", m_units, m_links)
+            base_list = per_intervention(base, [keys[i] for i in members], f"The base side of {loc_key!r}", m_units, m_links)
             for j, i in enumerate(members):
                 src_raw[i], base_raw[i] = src_list[j], base_list[j]
                 src_given[i] = src is not None

@@ -17,7 +17,8 @@ from .causal_trace import (
 from .patching import activation_patching, logit_diff, logprob, probability
 from .results import CausalTraceResult, PatchingResult, SweepInterrupted
 from .plotting import draw_heatmap, heatmap, plot_causal_trace, plot_patching
-from .sweep import Patch, SweepFallbackWarning, SweepRunner
+from .cells import PATCHES, Patch
+from .sweep import SweepFallbackWarning, SweepRunner
 from .attribution import attribution_patching, compare_with_patching, rank_correlation
 from .cache import ActivationCache, DiskCache, cache_to_disk, load_cache, run_with_cache
 from .lens import direct_logit_attribution, final_norm_and_head, logit_lens, unembed
@@ -25,7 +26,7 @@ from .path_patching import path_patching, path_patching_config
 from .grids import Grid, GridSet, load_result
 
 __all__ = [
-    "DEFAULT_COMPONENTS", "CausalTraceResult", "Patch", "PatchingResult", "SweepFallbackWarning",
+    "DEFAULT_COMPONENTS", "CausalTraceResult", "PATCHES", "Patch", "PatchingResult", "SweepFallbackWarning",
     "SweepInterrupted", "SweepRunner", "TraceWarning",
     "activation_patching", "causal_trace", "draw_heatmap", "find_subject_positions", "guess_subject",
     "heatmap", "logit_diff",

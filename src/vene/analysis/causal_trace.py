@@ -24,8 +24,9 @@ from torch import nn
 
 from ..components import detect_architecture
 from ..errors import ConfigError
+from .cells import Patch
 from .results import CausalTraceResult, SweepInterrupted, provenance
-from .sweep import Patch, SweepRunner
+from .sweep import SweepRunner
 
 logger = logging.getLogger(__name__)
 
@@ -287,7 +288,8 @@ def causal_trace(
             model's top 10 predictions gets a :class:`TraceWarning` (also in ``result.warnings``).
         subject: the subject's text (its first occurrence in the prompt), its token positions,
             or None to guess it (:func:`guess_subject`; a doubtful guess warns).
-        components: components to restore, each giving a ``(layers, positions)`` grid.
+        components: components to restore, each giving a ``(layers, positions)`` grid; module
+            paths are templates with the layer (``"model.layers[{}].mlp.output"``).
         window: layers restored together around each layer for MLP / attention outputs (ROME:
             10); ``block_output`` / ``block_input`` are restored as single states unless a mapping
             ``{component: window}`` says otherwise.

@@ -19,8 +19,9 @@ from torch import nn
 
 from ..errors import ConfigError
 from .causal_trace import n_layers_of, token_labels
+from .cells import Patch, PatchFn
 from .results import PatchingResult, SweepInterrupted, provenance
-from .sweep import Patch, SweepRunner
+from .sweep import SweepRunner
 
 Metric = Callable[[torch.Tensor], Any]
 
@@ -84,6 +85,7 @@ def activation_patching(
     progress: bool = True,
     memory_budget: int | None = None,
     strategy: str = "auto",
+    patch: str | PatchFn = "clean",
     metric_name: str | None = None,
 ) -> PatchingResult:
     """Patch clean activations into the corrupted run, one (layer, position[, head]) at a time.
@@ -95,7 +97,8 @@ def activation_patching(
         metric: ``metric(logits)`` with the last-position logits ``(batch, vocab)`` of one cell
             returns a scalar or one value per example (averaged). See :func:`logit_diff`,
             :func:`probability`, :func:`logprob`.
-        components: component names; ``head_*`` components add a heads axis.
+        components: component names (``head_*`` components add a heads axis) or module-path
+            templates with the layer, such as ``"model.layers[{}].mlp.output"``.
         positions: positions to patch one at a time (default: all), or ``"all"`` to patch every
             position at once (one column).
         heads: heads swept for head components (default: all).
@@ -103,6 +106,11 @@ def activation_patching(
         strategy: "auto" (layer stepping and prefix reuse where the replay checks pass), "step"
             (layer stepping only) or "forward" (batched full forward passes).
         memory_budget: bytes of activations per batched chunk (default 512 MiB).
+        patch: what is written into the corrupted run: ``"clean"`` (the clean activation),
+            ``"mean"`` (its mean over the clean batch: mean ablation), ``"resample"`` (another
+            clean example's activation: resample ablation), ``"zero"``, or a function
+            ``fn(recorded, S)`` of the clean activations ``(B_clean, seq, *f)`` returning 1 or
+            ``S`` rows (see :mod:`vene.analysis.cells`).
         metric_name: what the metric is, for summaries and figures (default: the ``metric_name``
             attribute of the metric, which :func:`logit_diff` & co. set).
 
@@ -133,8 +141,8 @@ def activation_patching(
     if not components:
         raise ConfigError("components is empty.")
     sites = [(c, l) for c in components for l in grid_layers]
-    runner = SweepRunner(model, clean_in, corr_in, sites, memory_budget=memory_budget, strategy=strategy,
-                         progress=False, desc="activation patching")
+    runner = SweepRunner(model, clean_in, corr_in, sites, patch=patch, memory_budget=memory_budget,
+                         strategy=strategy, progress=False, desc="activation patching")
     head_lists: dict[str, list[int]] = {}
     cells: list[list[Patch]] = []
     shapes: dict[str, tuple[int, ...]] = {}

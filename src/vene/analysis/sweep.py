@@ -6,8 +6,8 @@ Vocabulary:
   tracing, examples for activation patching.
 * **clean rows**: the run whose activations are restored, ``1`` row (shared by every base row) or
   ``S`` rows (clean row ``i`` feeds base row ``i``).
-* **site**: a component at a layer, resolved with :func:`vene.components.resolve_site`; its clean
-  activation is recorded once and never recomputed.
+* **site**: a component at a layer, resolved with :func:`sweep_site`; its clean activation is
+  recorded once and never recomputed.
 * **cell**: one entry of a sweep grid: a set of :class:`Patch` es applied together, in every base
   row. Its value is a metric of the ``S`` rows' last-position logits.
 
@@ -32,22 +32,28 @@ How a sweep runs:
    plain batched forward passes, with the head on the last position only when the model accepts
    ``logits_to_keep``.
 
-Hooks are owned by a :class:`vene.hooks.HookSession` and removed also when something raises.
+Both executors -- plain batched forward passes and layer stepping (record -> replay) -- run the
+same ops of the core: each patch is a :class:`vene.ops.Setter` whose source is the site's
+recorded value through a patch function (clean value, mean / resample / zero ablation; see
+:mod:`vene.analysis.cells`), installed with :func:`vene.engine.install` in a
+:class:`vene.hooks.HookSession` (removed also when something raises). Module-path components
+are swept as templates with the layer (``"model.layers[{}].mlp.output"``, see :func:`sweep_site`).
 """
 from __future__ import annotations
 
 import inspect
+import re
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 
-from ..components import Site, detect_architecture, get_module, make_view, resolve_site
+from ..components import Site, detect_architecture, get_module, resolve_site
 from ..errors import ConfigError, SourceError
 from ..hooks import HookSession
+from .cells import CellSites, Patch, PatchFn, patch_function
 from .stepping import LayerStepper
 
 
@@ -57,16 +63,6 @@ class SweepFallbackWarning(UserWarning):
 
 #: Default memory budget (bytes) for the activations of one chunk of rows.
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
-
-
-@dataclass(frozen=True)
-class Patch:
-    """Restore the clean activation of ``site`` (an index into the runner's sites) at ``token``
-    (and ``head`` for head components) in every base row of a cell."""
-
-    site: int
-    token: int
-    head: int | None = None
 
 
 def _accepts(fn: Any, name: str) -> bool:
@@ -107,6 +103,22 @@ def _cat_inputs(a: Mapping, b: Mapping) -> dict:
     return out
 
 
+def sweep_site(model: nn.Module, component: str, layer: int) -> Site:
+    """The site of ``component`` at ``layer``. A module path names one module, so a sweep over
+    layers takes it as a template with the layer: ``"model.layers[{}].mlp.output"``."""
+    if "{}" in component:
+        return resolve_site(model, component.format(layer), layer)
+    if "." in component:
+        example = re.sub(r"\[\d+\]|\.\d+(?=\.)", lambda m: "[{}]" if m.group(0)[0] == "[" else ".{}", component, count=1)
+        if example == component:
+            example = "model.layers[{}].mlp.output"
+        raise ConfigError(
+            f"{component!r} is a module path: it names one module, not one per layer, so a sweep over "
+            f"layers cannot place it. Give a template with the layer, e.g. {example!r}."
+        )
+    return resolve_site(model, component, layer)
+
+
 class SweepRunner:
     """Record a clean run and a base run once, then evaluate many cells in few batched passes.
 
@@ -125,6 +137,7 @@ class SweepRunner:
         sites: Sequence[tuple[str, int]],
         *,
         noise: tuple[Sequence[int], torch.Tensor] | None = None,
+        patch: str | PatchFn = "clean",
         memory_budget: int | None = None,
         strategy: str = "auto",
         progress: bool = True,
@@ -155,11 +168,12 @@ class SweepRunner:
         if self.Bc not in (1, self.S):
             raise SourceError(f"The clean input has {self.Bc} rows; it needs 1 or as many as the base ({self.S}).")
         self.site_refs = [tuple(s) for s in sites]
-        self.sites: list[Site] = [resolve_site(model, c, l) for c, l in self.site_refs]
+        self.sites: list[Site] = [sweep_site(model, c, l) for c, l in self.site_refs]
         for (c, _), site in zip(self.site_refs, self.sites):
             if site.io == "attn_probs" or (site.head_layout and site.view is None):
                 raise ConfigError(f"Component {c!r} cannot be swept; use block/mlp/attention outputs or head_* components.")
         self.modules = [get_module(model, s.module_path) for s in self.sites]
+        self.cells = CellSites(model, self.sites, self.modules, self.Bc, self.S, patch_function(patch), self.device)
         self.noise = noise
         self.progress = progress
         self.desc = desc
@@ -237,23 +251,19 @@ class SweepRunner:
         self._keep_one = _accepts(model.forward, "logits_to_keep")
         if self._keep_one:
             extra["logits_to_keep"] = 1
-        self.clean_acts: list[torch.Tensor | None] = [None] * len(self.sites)
-        self._differs: list[torch.Tensor | None] = [None] * len(self.sites)
         self.stepper = LayerStepper(model, self.layers_path, Bc + self.S, self.seq) if self.stepping else None
-        self._group: dict | None = None
 
         with torch.no_grad(), HookSession(model) as session:
             if self.noise is not None:
                 samples = torch.arange(self.S, device=self.device)
-                session.add(self._embedding(), "output", self._noise_hook(Bc + samples, samples))
-            for i, (site, module) in enumerate(zip(self.sites, self.modules)):
-                session.add(module, site.io, self._getter(i))
+                self.cells.install_noise(session, self._embedding(), *self.noise, Bc + samples, samples)
+            self.cells.install_recording(session)
             if self.stepper is not None:
                 self.stepper.install(session)
             out = model(**inputs, **extra)
         logits = _logits_of(out)[:, -1].float()
         self.clean_logits, self.base_logits = logits[:Bc], logits[Bc:]
-        missing = [self.site_refs[i] for i, a in enumerate(self.clean_acts) if a is None]
+        missing = [self.site_refs[i] for i in self.cells.missing()]
         if missing:
             raise ConfigError(f"These sites never ran during the forward pass: {missing}.")
         if self.stepping:
@@ -284,38 +294,6 @@ class SweepRunner:
         if emb is None:
             raise ConfigError("Noise is added to the input embeddings, but the model has no get_input_embeddings().")
         return emb
-
-    def _noise_hook(self, rows: torch.Tensor, samples: torch.Tensor) -> Callable:
-        """Add noise sample ``samples[k]`` to batch row ``rows[k]`` at the noised positions."""
-        positions, values = self.noise
-        pos = torch.as_tensor(list(positions), dtype=torch.long, device=self.device).unsqueeze(0)
-        r = rows.unsqueeze(1)
-
-        def fn(mod, x, fire, args):
-            y = x.clone()
-            y[r, pos] = y[r, pos] + values.to(device=y.device, dtype=y.dtype)[samples]
-            return y
-
-        return fn
-
-    def _getter(self, i: int) -> Callable:
-        site = self.sites[i]
-
-        def fn(mod, x, fire, args):
-            if self.clean_acts[i] is None:
-                v = make_view(x, site.view, site.n_heads)
-                self.clean_acts[i] = v[: self.Bc].clone()
-                self._differs[i] = self._differ_mask(v[: self.Bc], v[self.Bc:], site.head_layout)
-            return None
-
-        return fn
-
-    @staticmethod
-    def _differ_mask(clean: torch.Tensor, base: torch.Tensor, heads: bool) -> torch.Tensor:
-        """Where restoring the clean value changes the base run: ``(seq,)`` (``(heads, seq)``)."""
-        ne = clean.expand_as(base) != base if clean.shape[0] != base.shape[0] else clean != base
-        lead = 3 if heads else 2
-        return ne.reshape(*ne.shape[:lead], -1).any(-1).any(0).cpu()
 
     # -- the sweep -----------------------------------------------------------------------------
     def run(self, cells: Sequence[Sequence[Patch]], cell_values: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
@@ -365,7 +343,7 @@ class SweepRunner:
         return values
 
     def _changes(self, p: Patch) -> bool:
-        mask = self._differs[p.site]
+        mask = self.cells.differs[p.site]
         if self.sites[p.site].head_layout:
             if p.head is None or not 0 <= p.head < mask.shape[0]:
                 raise ConfigError(f"{self.site_refs[p.site][0]} is a head component: patches need a head index in range")
@@ -387,51 +365,6 @@ class SweepRunner:
         ids = {id(p) for p in at_entry}
         return entry, at_entry, [p for p in cell if id(p) not in ids]
 
-    def _index(self, patches: list[tuple[int, Patch]], offset: int = 0) -> dict[int, tuple]:
-        """Group ``(cell index, patch)`` by site -> (rows, positions in the computed tensor
-        (token - ``offset``), tokens, heads, clean rows)."""
-        S = self.S
-        by_site: dict[int, list] = {}
-        for k, p in patches:
-            by_site.setdefault(p.site, []).append((k, p))
-        out = {}
-        samples = torch.arange(S, device=self.device)
-        for i, items in by_site.items():
-            rows = torch.cat([k * S + samples for k, _ in items])
-            toks = torch.tensor([p.token for _, p in items], device=self.device).repeat_interleave(S)
-            if self.sites[i].head_layout:
-                if any(p.head is None for _, p in items):
-                    raise ConfigError(f"{self.site_refs[i][0]} is a head component: patches need a head index")
-                heads = torch.tensor([p.head for _, p in items], device=self.device).repeat_interleave(S)
-            else:
-                heads = None
-            crow = samples.repeat(len(items)) if self.Bc == self.S else torch.zeros_like(rows)
-            out[i] = (rows, toks - offset, toks, heads, crow)
-        return out
-
-    def _write(self, i: int, v: torch.Tensor, idx: tuple) -> None:
-        rows, vtoks, toks, heads, crow = idx
-        clean = self.clean_acts[i]
-        if heads is None:
-            v[rows, vtoks] = clean[crow, toks].to(v.dtype)
-        else:
-            v[rows, heads, vtoks] = clean[crow, heads, toks].to(v.dtype)
-
-    def _setter(self, i: int) -> Callable:
-        """Hook writing the clean values of site ``i`` for the rows of the current call
-        (``self._group``: site -> index tensors)."""
-        site = self.sites[i]
-
-        def fn(mod, x, fire, args):
-            idx = self._group.get(i) if self._group is not None else None
-            if idx is None:
-                return None
-            y = x if site.io == "output" and not torch.is_grad_enabled() else x.clone()
-            self._write(i, make_view(y, site.view, site.n_heads), idx)
-            return None if y is x else y
-
-        return fn
-
     def _run_stepped(self, plans: list[tuple[int, list[Patch], list[Patch]]], cell_values: Callable, bar: Any) -> torch.Tensor:
         st, S, Bc = self.stepper, self.S, self.Bc
         n = len(st)
@@ -445,28 +378,27 @@ class SweepRunner:
             joins: dict[int, list[int]] = {}
             for a, k in enumerate(ks):
                 joins.setdefault(plans[k][0], []).append(a)
-            hook_idx = self._index([(a, p) for a, k in enumerate(ks) for p in plans[k][2]], offset=f)
+            hook_idx = self.cells.index([(a, p) for a, k in enumerate(ks) for p in plans[k][2]], offset=f)
             groups.append({"f": f, "ks": ks, "joins": joins, "hooks": hook_idx, "h": None})
         with HookSession(self.model) as session:
-            for i in sorted({i for g in groups for i in g["hooks"]}):
-                session.add(self.modules[i], self.sites[i].io, self._setter(i))
+            self.cells.install_setters(session, [i for g in groups for i in g["hooks"]])
             for j in range(min(p[0] for p in plans), n + 1):
                 for g in groups:
                     adds = g["joins"].get(j)
                     if adds:
                         state = (st.layer_in[j] if j < n else st.layer_out[n - 1])[Bc:, g["f"]:]
                         new = state.repeat(len(adds), 1, 1)
-                        at_entry = self._index([(b, p) for b, a in enumerate(adds) for p in plans[g["ks"][a]][1]], offset=g["f"])
-                        for i, idx in at_entry.items():
-                            self._write(i, new, idx)
+                        at_entry = self.cells.index([(b, p) for b, a in enumerate(adds) for p in plans[g["ks"][a]][1]], offset=g["f"])
+                        for i, (loc, source) in at_entry.items():
+                            self.cells.write(i, new, loc, source)
                         g["h"] = new if g["h"] is None else torch.cat([g["h"], new], 0)
                     if j < n and g["h"] is not None:
-                        self._group = g["hooks"]
+                        self.cells.arm(g["hooks"])
                         try:
                             src = Bc + torch.arange(g["h"].shape[0], device=self.device) % S
                             g["h"] = st.replay(j, g["h"], src, g["f"])
                         finally:
-                            self._group = None
+                            self.cells.disarm()
                 bar.update(1)
         step = self._tail_cells()
         vals = torch.empty(len(plans))
@@ -490,16 +422,15 @@ class SweepRunner:
             extra["use_cache"] = False
         if self._keep_one:
             extra["logits_to_keep"] = 1
-        idx = self._index([(k, p) for k, cell in enumerate(cells) for p in cell])
+        idx = self.cells.index([(k, p) for k, cell in enumerate(cells) for p in cell])
         with HookSession(self.model) as session:
             if self.noise is not None:
-                session.add(self._embedding(), "output", self._noise_hook(torch.arange(nc * S, device=self.device), src))
-            for i in idx:
-                session.add(self.modules[i], self.sites[i].io, self._setter(i))
-            self._group = idx
+                self.cells.install_noise(session, self._embedding(), *self.noise, torch.arange(nc * S, device=self.device), src)
+            self.cells.install_setters(session, list(idx))
+            self.cells.arm(idx)
             try:
                 out = self.model(**inputs, **extra)
             finally:
-                self._group = None
+                self.cells.disarm()
         logits = _logits_of(out)[:, -1].float()
         return cell_values(logits.view(nc, S, -1))

@@ -25,10 +25,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
 from ..errors import UnknownComponentError, did_you_mean
+from ..views import feature_ndim, make_view  # noqa: F401  (re-exported; views live in vene.views)
 from . import tables
 from .introspect import STACK_ALIASES, Stack, anatomy_of, find_stacks
 from .tables import ARCHITECTURES
@@ -49,7 +49,7 @@ class Site:
 
     module_path: str  # dotted path, "" for the model itself
     io: str  # "input" | "output" | "attn_probs"
-    view: tuple | None = None  # see _make_view
+    view: tuple | None = None  # see vene.views
     dim: int | None = None  # feature size of one unit
     head_layout: bool = False  # view is (batch, heads, seq, features)
     n_heads: int | None = None
@@ -57,64 +57,6 @@ class Site:
 
     def describe(self) -> str:
         return f"{self.module_path or '<model>'}.{self.io}"
-
-
-# ---------------------------------------------------------------------------------------------
-# views: pure reshapes/slices of the hooked tensor (no copies)
-
-
-def make_view(x: torch.Tensor, view: tuple | None, n_heads: int | None) -> torch.Tensor:
-    """Return a view of ``x`` laid out as the site's units expect."""
-    if view is None:
-        return x
-    kind = view[0]
-    if kind == "chunk":
-        _, i, n = view
-        size = x.shape[-1] // n
-        return x.narrow(-1, i * size, size)
-    if kind == "heads":
-        return _split_heads(x, n_heads)
-    if kind == "chunk_heads":
-        _, i, n, _ = view
-        size = x.shape[-1] // n
-        return _split_heads(x.narrow(-1, i * size, size), n_heads)
-    if kind == "slice":  # features [start, start + size) of the last dim
-        return x.narrow(-1, view[1], view[2])
-    if kind == "slice_heads":
-        return _split_heads(x.narrow(-1, view[1], view[2]), n_heads)
-    if kind in ("interleaved", "interleaved_heads", "grouped"):
-        # last dim laid out as (n_heads groups, n_slots, head_dim): take one slot of each group
-        # (n_heads here counts the groups); "grouped" takes the slots [0, slot) of each group
-        _, slot, n_slots = view
-        b_s = x.shape[:-1]
-        d = x.shape[-1] // (n_heads * n_slots)
-        g = x.view(*b_s, n_heads, n_slots, d)
-        if kind == "grouped":
-            return g.narrow(-2, 0, slot)  # (b, s, groups, slot, d): three feature dims
-        v = g.select(-2, slot)  # (b, s, H, d)
-        return v.transpose(1, 2) if kind == "interleaved_heads" else v
-    if kind in ("neox_qkv", "neox_qkv_heads"):
-        i = view[1]
-        b_s = x.shape[:-1]
-        per_head = x.shape[-1] // n_heads
-        v = x.view(*b_s, n_heads, 3, per_head // 3).select(-2, i)  # (b, s, H, dh)
-        if kind == "neox_qkv_heads":
-            return v.transpose(1, 2)  # (b, H, s, dh)
-        return v  # (b, s, H, dh): two feature dims, flattened by the gatherer
-    raise ValueError(f"unknown view {view!r}")
-
-
-def _split_heads(x: torch.Tensor, n_heads: int | None) -> torch.Tensor:
-    b_s = x.shape[:-1]
-    d = x.shape[-1] // n_heads
-    return x.view(*b_s, n_heads, d).transpose(1, 2)  # (b, H, s, d)
-
-
-def feature_ndim(view: tuple | None) -> int:
-    """Number of feature dims a view leaves after ``(batch, unit)`` (the engine flattens them)."""
-    if view is None:
-        return 1
-    return {"neox_qkv": 2, "interleaved": 2, "grouped": 3}.get(view[0], 1)
 
 
 # ---------------------------------------------------------------------------------------------
