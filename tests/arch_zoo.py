@@ -23,7 +23,6 @@ DEC = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_head
 GQA = dict(DEC, num_key_value_heads=2)
 SEQ = 7
 
-ALIAS_IN = "input-site writes alias a tensor another module reads (copy-on-write is issue 10's)"
 
 
 @dataclass
@@ -146,9 +145,6 @@ def bert_like(path: str, act: str = "intermediate.intermediate_act_fn", causal: 
              mlp_in=("intermediate", "input"), mlp_out=("output.dense", "output"), act=act, causal=causal, **kw)
 
 
-POST_NORM_XF = {"attention_input": ALIAS_IN}  # attention reads the residual stream itself
-BERT_XF = {"attention_input": ALIAS_IN, "mlp_input": ALIAS_IN}  # post-norm: both sublayers read the residual
-PARALLEL_XF = {"attention_input": ALIAS_IN}  # attention and MLP read one tensor; the MLP runs second
 
 
 def _families() -> list[Family]:
@@ -169,10 +165,10 @@ def _families() -> list[Family]:
         {"": fused("gpt_neox.layers", "attention", "query_key_value", "interleaved", "dense", "mlp.act")},
         note="parallel residual with two norms")
     add("gptj", _mk("GPTJForCausalLM", n_layer=2, n_embd=32, n_head=4, vocab_size=V, n_positions=64, rotary_dim=4, **TOK), ids,
-        {"": gpt_style("transformer.h", "attn", "q_proj", "k_proj", "v_proj", "out_proj", "mlp.act", xfail=PARALLEL_XF)})
+        {"": gpt_style("transformer.h", "attn", "q_proj", "k_proj", "v_proj", "out_proj", "mlp.act")})
     add("codegen", _mk("CodeGenForCausalLM", n_layer=2, n_embd=32, n_head=4, vocab_size=V, n_positions=64, rotary_dim=4, **TOK), ids,
         {"": S("transformer.h", attn="attn", q=None, k=None, v=None, o="attn.out_proj", attn_out=("attn", "output"),
-               act="mlp.act", xfail=PARALLEL_XF,
+               act="mlp.act",
                absent={c: "not known" for c in ("query_output", "key_output", "value_output", "head_query_output",
                                                 "head_key_output", "head_value_output")})},
         note="CodeGen's qkv_proj interleaves q, v, k over 4 model-parallel partitions")
@@ -183,11 +179,11 @@ def _families() -> list[Family]:
         {"": fused("transformer.h", "self_attention", "query_key_value", "interleaved", "dense", "mlp.gelu_impl",
                    probs="module:self_attention.attention_dropout")})
     add("falcon", _mk("FalconForCausalLM", num_hidden_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=V, **TOK), ids,
-        {"": fused("transformer.h", "self_attention", "query_key_value", "concat", "dense", "mlp.act", KV=1, xfail=PARALLEL_XF)},
+        {"": fused("transformer.h", "self_attention", "query_key_value", "concat", "dense", "mlp.act", KV=1)},
         note="multi-query (the default)")
     add("falcon_mha", _mk("FalconForCausalLM", num_hidden_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=V,
                           multi_query=False, **TOK), ids,
-        {"": fused("transformer.h", "self_attention", "query_key_value", "interleaved", "dense", "mlp.act", xfail=PARALLEL_XF)})
+        {"": fused("transformer.h", "self_attention", "query_key_value", "interleaved", "dense", "mlp.act")})
     add("falcon_new", _mk("FalconForCausalLM", num_hidden_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=V,
                           new_decoder_architecture=True, num_kv_heads=2, **TOK), ids,
         {"": fused("transformer.h", "self_attention", "query_key_value", "grouped", "dense", "mlp.act", KV=2,
@@ -199,7 +195,7 @@ def _families() -> list[Family]:
                                multi_query=False, **TOK), ids,
         {"": fused("transformer.h", "attn", "c_attn", "interleaved", "c_proj", "mlp.act")})
     add("phi", _mk("PhiForCausalLM", **DEC), ids,
-        {"": S("model.layers", o="self_attn.dense", act="mlp.activation_fn", xfail=PARALLEL_XF)})
+        {"": S("model.layers", o="self_attn.dense", act="mlp.activation_fn")})
     add("phi3", _mk("Phi3ForCausalLM", **GQA), ids,
         {"": S("model.layers", KV=2, q=None, k=None, v=None, fused=("self_attn.qkv_proj", "concat"), act="mlp.activation_fn")})
     for name, cls, extra in [
@@ -210,8 +206,8 @@ def _families() -> list[Family]:
         ("helium", "HeliumForCausalLM", {"head_dim": 8}), ("smollm3", "SmolLM3ForCausalLM", {}),
     ]:
         add(name, _mk(cls, **GQA, **extra), ids, {"": llama_like()})
-    add("olmo2", _mk("Olmo2ForCausalLM", **GQA), ids, {"": llama_like(xfail=BERT_XF)}, note="post-norm")
-    add("cohere", _mk("CohereForCausalLM", **GQA), ids, {"": llama_like(xfail=PARALLEL_XF)}, note="parallel block")
+    add("olmo2", _mk("Olmo2ForCausalLM", **GQA), ids, {"": llama_like()}, note="post-norm")
+    add("cohere", _mk("CohereForCausalLM", **GQA), ids, {"": llama_like()}, note="parallel block")
     add("starcoder2", _mk("Starcoder2ForCausalLM", **GQA), ids, {"": llama_like(act="mlp.act")})
     add("glm", _mk("GlmForCausalLM", **GQA, head_dim=8), ids, {"": llama_like(act="mlp.activation_fn")})
     add("persimmon", _mk("PersimmonForCausalLM", **DEC), ids,
@@ -235,18 +231,18 @@ def _families() -> list[Family]:
         {"": S("backbone.layers", attn=None, q=None, k=None, v=None, o=None, attn_out=None, mlp_in=None, mlp_out=None,
                act=None, mixer="mixer", absent=ABSENT_MIXER)})
     enc = dict(DEC)
-    add("bert", _mk("BertModel", **enc), ids, {"": bert_like("encoder.layer", xfail=BERT_XF)}, note="post-norm")
+    add("bert", _mk("BertModel", **enc), ids, {"": bert_like("encoder.layer")}, note="post-norm")
     add("roberta", _mk("RobertaModel", **dict(enc, pad_token_id=1)), ids,
-        {"": bert_like("encoder.layer", xfail=BERT_XF)}, note="post-norm")
+        {"": bert_like("encoder.layer")}, note="post-norm")
     add("electra", _mk("ElectraModel", **enc, embedding_size=32), ids,
-        {"": bert_like("encoder.layer", xfail=BERT_XF)}, note="post-norm")
+        {"": bert_like("encoder.layer")}, note="post-norm")
     add("esm", _mk("EsmForMaskedLM", **dict(enc, pad_token_id=1, mask_token_id=2)), ids,
         {"": bert_like("esm.encoder.layer", act="intermediate")}, note="pre-norm BERT layout")
     add("distilbert", _mk("DistilBertModel", vocab_size=V, dim=32, n_layers=2, n_heads=4, hidden_dim=48,
                           max_position_embeddings=64, pad_token_id=0), ids,
         {"": S("transformer.layer", attn="attention", q="attention.q_lin", k="attention.k_lin", v="attention.v_lin",
                o="attention.out_lin", attn_out=("attention", "output"), mlp_in=("ffn", "input"), mlp_out=("ffn", "output"),
-               act="ffn.activation", causal=False, xfail=BERT_XF)}, note="post-norm")
+               act="ffn.activation", causal=False)}, note="post-norm")
     add("vit", _mk("ViTModel", hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
                    image_size=16, patch_size=8), pixels,
         {"": S("layers", attn="attention", q="attention.q_proj", k="attention.k_proj", v="attention.v_proj",
@@ -265,10 +261,9 @@ def _families() -> list[Family]:
         {"": S("encoder.block", causal=False, **t5_self), "decoder": S("decoder.block", causal=True, **t5_dec)})
     bart_kw = dict(vocab_size=V, d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
                    decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=64, **TOK)
-    bart_xf = {"attention_input": ALIAS_IN, "mlp_input": ALIAS_IN}  # post-norm: both read the residual stream
     add("bart", _mk("BartForConditionalGeneration", **bart_kw), s2s,
-        {"": bart_like("model.encoder.layers", False, False, bart_xf),
-         "decoder": bart_like("model.decoder.layers", True, True, dict(bart_xf, cross_attention_input=ALIAS_IN))},
+        {"": bart_like("model.encoder.layers", False, False),
+         "decoder": bart_like("model.decoder.layers", True, True)},
         note="post-norm")
     add("mbart", _mk("MBartForConditionalGeneration", **bart_kw), s2s,
         {"": bart_like("model.encoder.layers", False, False), "decoder": bart_like("model.decoder.layers", True, True)})
@@ -342,7 +337,7 @@ def _multimodal() -> None:
     blip_vis = S("vision_model.encoder.layers", attn="self_attn", q=None, k=None, v=None,
                  fused=("self_attn.qkv", "concat"), o="self_attn.projection", act="mlp.activation_fn", causal=False)
     FAMILIES["blip"] = Family("blip", blip_build, blip_in,
-                              {"": bert_like("text_model.encoder.layer", xfail=BERT_XF, not_run="cross_",
+                              {"": bert_like("text_model.encoder.layer", not_run="cross_",
                                              cross=dict(attn="crossattention.self", q="crossattention.self.query",
                                                         k="crossattention.self.key", v="crossattention.self.value",
                                                         o="crossattention.output.dense",
