@@ -15,8 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
+import transformers
+from packaging.version import Version
 
 V = 64
+#: the installed release; a few modeling files changed inside the supported range (see the uses)
+TF = Version(transformers.__version__)
 TOK = dict(pad_token_id=0, bos_token_id=0, eos_token_id=0)
 DEC = dict(vocab_size=V, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
            max_position_embeddings=64, **TOK)
@@ -178,16 +182,20 @@ def _families() -> list[Family]:
     add("bloom", _mk("BloomForCausalLM", n_layer=2, hidden_size=32, n_head=4, vocab_size=V, **TOK), ids,
         {"": fused("transformer.h", "self_attention", "query_key_value", "interleaved", "dense", "mlp.gelu_impl",
                    probs="module:self_attention.attention_dropout")})
+    # before 5.25 FalconAttention without alibi computed softmax(qk) inline (or called SDPA): the
+    # dropout module vene finds receives the probabilities only on the alibi path, so a call says
+    # that it never ran
+    falcon_probs = {"not_run": "attention_weight"} if TF < Version("5.25") else {}
     add("falcon", _mk("FalconForCausalLM", num_hidden_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=V, **TOK), ids,
-        {"": fused("transformer.h", "self_attention", "query_key_value", "concat", "dense", "mlp.act", KV=1)},
+        {"": fused("transformer.h", "self_attention", "query_key_value", "concat", "dense", "mlp.act", KV=1, **falcon_probs)},
         note="multi-query (the default)")
     add("falcon_mha", _mk("FalconForCausalLM", num_hidden_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=V,
                           multi_query=False, **TOK), ids,
-        {"": fused("transformer.h", "self_attention", "query_key_value", "interleaved", "dense", "mlp.act")})
+        {"": fused("transformer.h", "self_attention", "query_key_value", "interleaved", "dense", "mlp.act", **falcon_probs)})
     add("falcon_new", _mk("FalconForCausalLM", num_hidden_layers=2, hidden_size=32, num_attention_heads=4, vocab_size=V,
                           new_decoder_architecture=True, num_kv_heads=2, **TOK), ids,
         {"": fused("transformer.h", "self_attention", "query_key_value", "grouped", "dense", "mlp.act", KV=2,
-                   absent={"head_query_output": "strided axis"})},
+                   absent={"head_query_output": "strided axis"}, **falcon_probs)},
         note="new_decoder_architecture, 2 kv groups")
     add("gpt_bigcode", _mk("GPTBigCodeForCausalLM", n_layer=2, n_embd=32, n_head=4, vocab_size=V, n_positions=64, **TOK), ids,
         {"": fused("transformer.h", "attn", "c_attn", "concat", "c_proj", "mlp.act", KV=1)}, note="multi-query")

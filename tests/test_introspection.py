@@ -135,3 +135,56 @@ def test_fused_projection_of_unknown_layout_is_not_guessed():
         resolve_site(net, "query_output", 0)
     with pytest.raises(pv.UnknownComponentError, match="FUSED_LAYOUTS"):
         resolve_site(net, "head_key_output", 0)
+
+
+class _InlineAttention(nn.Module):
+    """An attention that forms its probabilities inline and hands them to a dropout module."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = nn.Linear(8, 24)
+        self.resid_dropout = nn.Dropout(0.0)
+        self.attn_dropout = nn.Dropout(0.0)
+
+    def _attn(self, q, k, v):
+        w = q @ k.transpose(-1, -2)
+        attn_weights = nn.functional.softmax(w, dim=-1)
+        attn_weights = attn_weights.to(v.dtype)
+        attn_weights = self.attn_dropout(attn_weights)
+        return attn_weights @ v
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).chunk(3, -1)
+        return self.resid_dropout(self._attn(q, k, v))
+
+
+class _SubclassedInline(_InlineAttention):
+    def forward(self, x):  # the softmax lives in the parent class's helper
+        return super().forward(x) * 1.0
+
+
+class _NoProbModule(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(0.0)
+
+    def forward(self, x):
+        probs = torch.softmax(x, -1)
+        hidden = self.dropout(x)  # a dropout, but not on the probabilities
+        return probs @ hidden
+
+
+def test_inline_attention_probabilities_are_found_on_the_module_that_receives_them():
+    """transformers 5.23's GPT-J and CodeGen computed softmax(qk) in ``_attn`` and passed it to
+    ``attn_dropout``; vene found no way to read attention_weight there (a name table listed only
+    Bloom and BLIP). The module is now found from the source, on subclasses too, and a dropout
+    applied to something else is not taken."""
+    from vene.components.introspect import _prob_module
+
+    assert _prob_module(_InlineAttention()) == "attn_dropout"
+    assert _prob_module(_SubclassedInline()) == "attn_dropout"
+    assert _prob_module(_NoProbModule()) is None
+    # the families the name table used to list are still found
+    for family, rel in (("bloom", "self_attention"),):
+        attn = zoo.FAMILIES[family].build().transformer.h[0].get_submodule(rel)
+        assert _prob_module(attn) == "attention_dropout"

@@ -67,11 +67,20 @@ def _is_reason(v: str) -> bool:
 
 
 def test_docs_support_md_is_current():
+    import re
+
+    import transformers
+
+    current = (ROOT / "docs" / "support.md").read_text()
+    built = re.search(r"built with transformers (\d+(?:\.\d+)*\w*)", current)
+    assert built, "docs/support.md does not say which transformers release it was generated with"
+    if built.group(1) != transformers.__version__:
+        # the page documents the locked release; the cells themselves are checked above on this one
+        pytest.skip(f"docs/support.md documents transformers {built.group(1)}, {transformers.__version__} is installed")
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
         import support_matrix
     finally:
         sys.path.pop(0)
     expected = support_matrix.render()
-    current = (ROOT / "docs" / "support.md").read_text()
     assert current == expected, "docs/support.md is stale: run `python scripts/support_matrix.py`"

@@ -14,6 +14,8 @@ layouts of fused projections cannot be read off the weights, so they come from
 """
 from __future__ import annotations
 
+import re
+
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -87,6 +89,7 @@ class Attention:
     qkv_problem: str | None = None  # why q/k/v components are unavailable
     interface: bool = False  # goes through transformers' attention-function interface
     cls_name: str = ""
+    prob_module: str | None = None  # child receiving the probabilities of an inline attention
 
 
 @dataclass
@@ -294,6 +297,8 @@ def _describe_attention(block: nn.Module, rel: str, core: nn.Module, stack: Stac
         if od is not None and d and a.n_heads and od != a.n_heads * d:
             a.problem = a.problem or f"the output projection takes {od} features, not {a.n_heads}x{d}"
     a.interface = _uses_attention_interface(type(core))
+    if not a.interface:
+        a.prob_module = _prob_module(core)
     return a
 
 
@@ -301,16 +306,39 @@ _IFACE_CACHE: dict[type, bool] = {}
 
 
 def _uses_attention_interface(cls: type) -> bool:
-    """Whether ``cls.forward`` picks its attention function from ``config._attn_implementation``."""
+    """Whether ``cls.forward`` calls an attention function picked from transformers' registry
+    (``ALL_ATTENTION_FUNCTIONS``), the one place vene can read the probabilities of any implementation.
+    A forward that only branches on ``config._attn_implementation`` (e.g. SDPA or an inline softmax,
+    as Falcon did before transformers 5.24) does not count: its SDPA branch never forms them."""
     if cls not in _IFACE_CACHE:
-        import inspect
-
-        try:
-            src = inspect.getsource(cls.forward)
-        except (OSError, TypeError):
-            src = ""
-        _IFACE_CACHE[cls] = "ALL_ATTENTION_FUNCTIONS" in src or "_attn_implementation" in src
+        _IFACE_CACHE[cls] = "ALL_ATTENTION_FUNCTIONS" in _source(cls.forward)
     return _IFACE_CACHE[cls]
+
+
+def _source(obj: Any) -> str:
+    import inspect
+
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        return ""
+
+
+_SOFTMAX_ASSIGN = re.compile(r"^\s*(\w+)\s*=\s*[\w.]*(?:softmax|Softmax)\(", re.M)
+_SELF_CALL = re.compile(r"self\.(\w+)\(\s*(\w+)\s*\)")
+
+
+def _prob_module(core: nn.Module) -> str | None:
+    """The child of an inline attention that receives its probabilities: a dropout module called on
+    a variable assigned from a softmax, in the source of the attention's own classes (e.g.
+    ``attn_weights = softmax(...)`` ... ``self.attn_dropout(attn_weights)``). ``None`` if there is none."""
+    src = "\n".join(_source(c) for c in type(core).__mro__ if issubclass(c, nn.Module) and c is not nn.Module)
+    probs = set(_SOFTMAX_ASSIGN.findall(src))
+    children = _children(core)
+    for child, arg in _SELF_CALL.findall(src):
+        if arg in probs and isinstance(children.get(child), nn.Dropout):
+            return child
+    return None
 
 
 def _is_activation(mod: nn.Module) -> bool:

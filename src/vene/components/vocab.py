@@ -29,7 +29,6 @@ from .introspect import Anatomy, Attention, Stack
 
 #: attention classes that do not use the attention-function interface but hand their
 #: probabilities to a module we can hook (class name -> child module receiving them as input)
-PROB_MODULES = {"BloomAttention": "attention_dropout", "BlipAttention": "dropout", "BlipTextSelfAttention": "dropout"}
 
 
 _OPT_FLAT = "OPT flattens (batch, seq) into one axis around its MLP, so no position can be addressed there; use block_output or a module path with unit 't'"
@@ -117,11 +116,10 @@ def attention_entries(a: Attention, prefix: str, hidden: int | None, cfg: Any, o
         )
     else:
         out[f"{p}attention_value_output"] = out[f"head_{p}attention_value_output"] = "no output projection found"
-    prob_child = PROB_MODULES.get(a.cls_name)
     if a.interface:
         out[f"{p}attention_weight"] = Entry(a.core, "attn_probs", None, _max_pos(cfg), None, True)
-    elif prob_child is not None:
-        out[f"{p}attention_weight"] = Entry(f"{a.core}.{prob_child}", "input", None, _max_pos(cfg), None, True)
+    elif a.prob_module is not None:
+        out[f"{p}attention_weight"] = Entry(f"{a.core}.{a.prob_module}", "input", None, _max_pos(cfg), None, True)
     else:
         out[f"{p}attention_weight"] = (
             "this attention computes its probabilities inline, without transformers' attention "
