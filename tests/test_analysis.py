@@ -349,6 +349,15 @@ def test_cli_trace_end_to_end(tiny_dir, tmp_path, capsys):
     assert pdata["answer"] == "Paris" and len(pdata["scores"]["block_output"]) == 3
     assert (out2 / "patch.png").exists()
 
+    out3 = tmp_path / "zero"
+    rc = main(["trace", "The Eiffel Tower is located in the city of", "--answer", " Paris", "--subject", "Eiffel Tower",
+               "--model", str(path), "--out", str(out3), "--corruption", "zero", "--components", "block_output",
+               "--no-progress", "--no-plot"])
+    assert rc == 0
+    zdata = json.loads((out3 / "trace.json").read_text())
+    assert zdata["corruption"] == "zero" and zdata["samples"] == 1 and zdata["noise_std"] is None
+    assert "zero corruption" in capsys.readouterr().out
+
 
 def test_cli_reports_bad_input(tiny_dir, tmp_path, capsys):
     from vene.cli import main
@@ -388,3 +397,69 @@ def test_cli_trace_embedded_model(tmp_path, capsys):
     assert float(grid[:8, 1:4].max()) > 0.4   # subject tokens, early layers
     assert float(grid[24:, -1].max()) > 0.4   # last token, late layers
     assert float(grid[:10, -1].max()) < 0.2   # last token, early layers: nothing yet
+
+
+def naive_replacement_trace(model, ids, positions, targets, answer):
+    """block_output restorations with the subject's embeddings *replaced* by ``targets``
+    ``(samples, n_subject, d)``: one forward per cell, by hand."""
+    layers, get = _parts(model)
+    n, seq, S = len(layers), ids.shape[1], targets.shape[0]
+    emb = model.get_input_embeddings()
+    clean = [capture(model, get["block_output"](l), {"input_ids": ids}) for l in range(n)]
+    batch = ids.expand(S, -1)
+
+    def replace(t):
+        t = t.clone()
+        t[:, positions] = targets
+        return t
+
+    grid = torch.empty(n, seq)
+    with torch.no_grad():
+        for layer in range(n):
+            for tok in range(seq):
+                with hooked(emb, replace), hooked(get["block_output"](layer), _restorer(clean[layer], tok)):
+                    grid[layer, tok] = model(input_ids=batch).logits[:, -1].softmax(-1)[:, answer].mean()
+        with hooked(emb, replace):
+            p_corr = float(model(input_ids=batch).logits[:, -1].softmax(-1)[:, answer].mean())
+    return grid, p_corr
+
+
+@pytest.mark.parametrize("corruption", ["zero", "mean", "resample"])
+def test_causal_trace_ablation_corruptions_equal_hand_replacement(corruption, llama_lm):
+    """Zero, mean and resample ablation of the subject, as well as ROME's noise: the trace equals
+    a hand loop that writes the replacement embeddings into the subject positions."""
+    ids = tiny_models.ids(seq=6, seed=3)["input_ids"]
+    weight = llama_lm.get_input_embeddings().weight.detach()
+    subj = [1, 2]
+    if corruption == "zero":
+        targets = torch.zeros(1, 2, weight.shape[1])
+    elif corruption == "mean":
+        targets = weight.mean(0).expand(1, 2, -1)
+    else:  # the documented draw: uniform tokens from a generator seeded with `seed`, never the subject's own
+        draws = torch.randint(0, weight.shape[0], (4, 2), generator=torch.Generator().manual_seed(5))
+        draws = torch.where(draws == ids[0, subj], (draws + 1) % weight.shape[0], draws)
+        targets = weight[draws]
+    res = causal_trace(llama_lm, None, ids, 7, subject=subj, components=("block_output",), progress=False,
+                       corruption=corruption, samples=4 if corruption == "resample" else None, seed=5)
+    grid, p_corr = naive_replacement_trace(llama_lm, ids, subj, targets, 7)
+    assert res.corruption == corruption and res.noise_std is None
+    assert res.samples == (4 if corruption == "resample" else 1)
+    assert res.p_corrupted == pytest.approx(p_corr, abs=ATOL)
+    torch.testing.assert_close(res.scores["block_output"], grid, atol=ATOL, rtol=0)
+    again = type(res).from_dict(json.loads(json.dumps(res.to_dict())))
+    assert again.corruption == corruption
+    assert f"{corruption} corruption" in res.summary()
+
+
+def test_causal_trace_corruption_errors(llama_lm):
+    ids = tiny_models.ids(seq=6, seed=3)["input_ids"]
+    kw = dict(subject=[1, 2], components=("block_output",), progress=False)
+    with pytest.raises(vene.ConfigError, match="corruption must be one of"):
+        causal_trace(llama_lm, None, ids, 7, corruption="gaussian", **kw)
+    with pytest.raises(vene.ConfigError, match="deterministic"):
+        causal_trace(llama_lm, None, ids, 7, corruption="zero", samples=3, **kw)
+    with pytest.raises(vene.ConfigError, match="noise= sets"):
+        causal_trace(llama_lm, None, ids, 7, corruption="mean", noise=0.3, **kw)
+    zero = causal_trace(llama_lm, None, ids, 7, corruption="zero", **kw)
+    with pytest.raises(vene.ConfigError, match="corruption"):  # a resumed run keeps its corruption
+        causal_trace(llama_lm, None, ids, 7, corruption="mean", resume=zero, **kw)

@@ -158,7 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--prompts", default=None, metavar="FILE",
                    help="average the trace over many prompts (ROME Fig. 2): a file with one 'prompt<TAB>answer"
                         "<TAB>subject' per line (answer and subject optional) or JSON lines with those keys")
-    t.add_argument("--samples", type=_positive_int, default=10, help="noise samples per restoration (default: 10, as ROME)")
+    t.add_argument("--samples", type=_positive_int, default=None,
+                   help="noise samples per restoration (default: 10, as ROME; 1 for --corruption zero/mean)")
+    t.add_argument("--corruption", choices=["noise", "zero", "mean", "resample"], default="noise",
+                   help="how the subject is corrupted: Gaussian noise on its input embeddings (default, as ROME), "
+                        "zero or mean embedding (ablation), or random tokens of the vocabulary (resample)")
     t.add_argument("--noise", type=_positive_float, default=None, help="noise std (default: 3 x the std of the input embeddings)")
     t.add_argument("--window", type=_positive_int, default=10,
                    help="layers restored together for mlp_output / attention_output (default: 10, as ROME)")
@@ -248,7 +252,7 @@ def _did_you_mean(parser: argparse.ArgumentParser, argv: list[str]) -> None:
 
 def _cli_words(message: str) -> str:
     """Library wording -> option names (``Pass subject=`` -> ``Pass --subject``)."""
-    for name in ("subject", "answer", "samples", "noise", "window", "positions", "layers", "components", "seed"):
+    for name in ("subject", "answer", "samples", "noise", "window", "positions", "layers", "components", "seed", "corruption"):
         message = re.sub(rf"\b{name}=(?!\S)", f"--{name}", message)
         message = message.replace(f"{name}=", f"--{name} ")
     return message

@@ -108,6 +108,7 @@ def _resume_state(args: argparse.Namespace, parser_defaults: dict) -> Any:
         raise CLIError(f"--resume: there is no saved run in {path} (run without --resume first, or pass its --out).")
     prev = CausalTraceResult.from_json(path)
     saved = {"prompt": prev.prompt, "samples": prev.samples, "seed": prev.seed, "components": list(prev.scores),
+             "corruption": prev.corruption,
              "layers": prev.layers, "positions": prev.positions, "model": prev.model_name}
     for key, value in saved.items():
         given = getattr(args, key, None)
@@ -167,10 +168,11 @@ def cmd_trace(args: argparse.Namespace) -> int:
         jobs = [_trace_inputs(args, tok, args.prompt, answer, args.subject)]
     model, tok, name = _load_model(args)
     settings = dict(components=args.components, window=args.window, noise=args.noise, samples=args.samples,
-                    seed=args.seed, layers=args.layers, positions=args.positions)
+                    seed=args.seed, layers=args.layers, positions=args.positions, corruption=args.corruption)
     if prev is not None:
         settings.update(components=list(prev.scores), window=prev.window, noise=prev.noise_std,
-                        samples=prev.samples, seed=prev.seed, layers=prev.layers, positions=prev.positions)
+                        samples=prev.samples, seed=prev.seed, layers=prev.layers, positions=prev.positions,
+                        corruption=prev.corruption)
     results, interrupted = [], False
     for k, job in enumerate(jobs):
         if len(jobs) > 1:
@@ -194,7 +196,11 @@ def _run_trace(args, model, tok, name, job, settings, prev) -> tuple[Any, bool]:
     n_pos = len(settings["positions"]) if settings["positions"] is not None else n_tok
     n_lay = len(settings["layers"]) if settings["layers"] is not None else None
     grid = f"{len(settings['components'])} components x {n_lay or 'all'} layers x {n_pos} tokens"
-    _status(args, f"sweeping {grid}; each restoration is averaged over {settings['samples']} noise samples")
+    if settings["corruption"] == "noise":
+        how = f"each restoration is averaged over {settings['samples'] or 10} noise samples"
+    else:
+        how = f"the subject is corrupted by {settings['corruption']} ablation"
+    _status(args, f"sweeping {grid}; {how}")
     try:
         with torch.no_grad():
             res = causal_trace(model, tok, job["prompt"], job["answer"], subject=job["subject"],

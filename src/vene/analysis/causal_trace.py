@@ -1,6 +1,7 @@
 """Causal tracing (ROME, Meng et al. 2022): where does a model recall a fact?
 
-Corrupt the subject tokens of a prompt with Gaussian noise on their input embeddings, then restore
+Corrupt the subject tokens of a prompt with Gaussian noise on their input embeddings (or, with
+``corruption=``, replace them by zero, by the mean embedding, or by random tokens), then restore
 the clean state of one component at one (layer, token) -- or, for MLP and attention outputs, a
 window of layers around it -- and measure how much of the answer's probability comes back.
 
@@ -216,6 +217,34 @@ class TraceWarning(UserWarning):
     """A causal trace that will likely mislead: a weak subject guess, an unlikely answer."""
 
 
+#: how the subject's input embeddings are corrupted (see :func:`causal_trace`)
+CORRUPTIONS = ("noise", "zero", "mean", "resample")
+
+
+def _replacement_values(kind: str, emb: nn.Module, ids: torch.Tensor, subj_pos: list[int], samples: int,
+                        seed: int) -> torch.Tensor:
+    """The offsets that turn the subject's embeddings into their replacement (added at the
+    embedding's output, like the noise): ``target - embedding``, ``(samples, n_subject, d)``."""
+    with torch.no_grad():
+        subject_ids = ids[0, subj_pos]
+        here = emb(subject_ids.unsqueeze(0))[0]  # (n_subject, d), scaling inside the module included
+        if kind == "zero":
+            target = torch.zeros_like(here).unsqueeze(0)
+        elif kind == "mean":
+            vocab = emb.weight.shape[0]
+            total = torch.zeros(here.shape[-1], dtype=torch.float64, device=here.device)
+            for a in range(0, vocab, 8192):  # the mean of the module's outputs over the vocabulary
+                chunk = torch.arange(a, min(vocab, a + 8192), device=ids.device)
+                total += emb(chunk.unsqueeze(0))[0].double().sum(0)
+            target = (total / vocab).to(here.dtype).expand_as(here).unsqueeze(0)
+        else:  # resample: random tokens of the vocabulary in place of the subject's, one draw per sample
+            gen = torch.Generator().manual_seed(int(seed))
+            draws = torch.randint(0, emb.weight.shape[0], (samples, len(subj_pos)), generator=gen).to(ids.device)
+            draws = torch.where(draws == subject_ids, (draws + 1) % emb.weight.shape[0], draws)
+            target = emb(draws)
+        return (target - here).expand(samples, -1, -1).contiguous()
+
+
 def _noise_values(noise: Any, samples: int, n_pos: int, d: int, std: float | None, seed: int, dtype, device) -> tuple[torch.Tensor, float | None]:
     if isinstance(noise, torch.Tensor):
         values = noise.detach()
@@ -250,6 +279,7 @@ def _check_resume(resume: CausalTraceResult, expected: dict) -> None:
         "tokens": resume.tokens, "answer_id": resume.answer_id, "subject_positions": resume.subject_positions,
         "components": list(resume.scores), "layers": resume.layers, "positions": resume.positions,
         "window": resume.window, "samples": resume.samples, "seed": resume.seed, "noise_std": resume.noise_std,
+        "corruption": resume.corruption,
     }
     for key, want in expected.items():
         if have[key] != want and not (key == "noise_std" and want is not None and have[key] is not None
@@ -269,7 +299,7 @@ def causal_trace(
     components: Sequence[str] = DEFAULT_COMPONENTS,
     window: int | Mapping[str, int] = 10,
     noise: float | torch.Tensor | None = None,
-    samples: int = 10,
+    samples: int | None = None,
     seed: int = 0,
     layers: Sequence[int] | None = None,
     progress: bool = True,
@@ -277,6 +307,7 @@ def causal_trace(
     strategy: str = "auto",
     positions: Sequence[int] | None = None,
     resume: CausalTraceResult | None = None,
+    corruption: str = "noise",
 ) -> CausalTraceResult:
     """ROME's causal trace of ``prompt`` -> ``answer``.
 
@@ -295,8 +326,14 @@ def causal_trace(
             ``{component: window}`` says otherwise.
         noise: None (3 x the std of the input-embedding matrix), a float std, or the exact noise
             ``(samples, n_subject_tokens, d_model)`` (or without the samples axis, shared).
-        samples: noise samples; every score is the mean probability over them.
-        seed: seed of the noise generator.
+        samples: noise samples (default 10, as ROME; 1 for the deterministic corruptions); every
+            score is the mean probability over them.
+        seed: seed of the noise generator (and of ``"resample"``'s token draws).
+        corruption: how the subject's input embeddings are corrupted: ``"noise"`` (ROME: Gaussian
+            noise of std ``noise``), ``"zero"`` (zero ablation), ``"mean"`` (the mean embedding
+            over the vocabulary: mean ablation) or ``"resample"`` (each sample replaces the subject
+            tokens by tokens drawn uniformly from the vocabulary: resample ablation). ``"zero"`` and
+            ``"mean"`` are deterministic and take one sample; ``noise=`` belongs to ``"noise"``.
         layers: layers to sweep (default: all).
         positions: token positions to sweep (default: all); the grids' columns.
         progress: show a tqdm progress bar counting restorations (grid cells, each averaged over
@@ -310,7 +347,7 @@ def causal_trace(
     Ctrl-C during the sweep raises :class:`~vene.analysis.results.SweepInterrupted` (a
     ``KeyboardInterrupt``) whose ``result`` holds the cells computed so far.
     """
-    if samples < 1:
+    if samples is not None and samples < 1:
         raise ConfigError(f"samples must be >= 1, got {samples}.")
     t_start = time.perf_counter()
     ids, text = _ids(tokenizer, prompt)
@@ -346,17 +383,33 @@ def causal_trace(
     if emb is None or getattr(emb, "weight", None) is None:
         raise ConfigError("Causal tracing adds noise to the input embeddings, but the model has no get_input_embeddings().")
     d = emb.weight.shape[1]
-    if isinstance(noise, torch.Tensor):
-        if noise.dim() == 3:
-            samples = noise.shape[0]
-        std = None
+    if corruption not in CORRUPTIONS:
+        raise ConfigError(f"corruption must be one of {list(CORRUPTIONS)}, not {corruption!r}.")
+    if corruption == "noise":
+        if isinstance(noise, torch.Tensor):
+            if noise.dim() == 3:
+                if samples is not None and samples != noise.shape[0]:
+                    raise ConfigError(f"samples={samples} disagrees with the noise tensor's {noise.shape[0]} samples.")
+                samples = noise.shape[0]
+            std = None
+        else:
+            std = 3.0 * embedding_std(model) if noise is None else float(noise)
+        samples = 10 if samples is None else int(samples)
+        values, std = _noise_values(noise, samples, len(subj_pos), d, std, seed, emb.weight.dtype, emb.weight.device)
     else:
-        std = 3.0 * embedding_std(model) if noise is None else float(noise)
-    values, std = _noise_values(noise, samples, len(subj_pos), d, std, seed, emb.weight.dtype, emb.weight.device)
+        if noise is not None:
+            raise ConfigError(f"noise= sets the Gaussian noise of corruption='noise'; corruption={corruption!r} adds none.")
+        deterministic = corruption in ("zero", "mean")
+        if deterministic and samples not in (None, 1):
+            raise ConfigError(f"corruption={corruption!r} is deterministic: every sample would be the same; pass samples=1 or leave it out.")
+        samples = 1 if deterministic else (10 if samples is None else int(samples))
+        std = None
+        values = _replacement_values(corruption, emb, ids.to(emb.weight.device), subj_pos, samples, seed)
     tokens = token_labels(tokenizer, ids[0].tolist())
     if resume is not None:
         expected = {"tokens": tokens, "subject_positions": subj_pos, "components": components, "layers": grid_layers,
-                    "positions": sweep_pos, "window": windows, "samples": samples, "seed": seed, "noise_std": std}
+                    "positions": sweep_pos, "window": windows, "samples": samples, "seed": seed, "noise_std": std,
+                    "corruption": corruption}
         if ans is not None:
             expected["answer_id"] = ans
         _check_resume(resume, expected)
@@ -433,7 +486,7 @@ def causal_trace(
         layers=grid_layers, window=windows, noise_std=std, samples=samples,
         model_name=getattr(cfg, "_name_or_path", None) or type(model).__name__,
         extra={"strategy": runner.mode, "fallback_reason": runner.fallback_reason, "subject_guessed": guessed},
-        positions=sweep_pos, seed=seed, answer_rank=rank + 1, warnings=found,
+        positions=sweep_pos, seed=seed, answer_rank=rank + 1, warnings=found, corruption=corruption,
         provenance=provenance(seed=seed, strategy=runner.mode, fallback_reason=runner.fallback_reason,
                               timings=timings,
                               resumed=(resume.provenance.get("resumed", 0) + 1) if resume is not None else 0),

@@ -123,6 +123,7 @@ class CausalTraceResult:
     answer_rank: int | None = None
     warnings: list[str] = field(default_factory=list)
     provenance: dict = field(default_factory=dict)
+    corruption: str = "noise"
 
     def __post_init__(self) -> None:
         if self.positions is None:
@@ -152,9 +153,12 @@ class CausalTraceResult:
         subj = ", ".join(repr(self.tokens[i]) for i in self.subject_positions)
         lines = [f"prompt {self.prompt!r} -> answer {self.answer!r}; subject tokens {subj} "
                  f"(positions {self.subject_positions})"]
-        noise = f", std {self.noise_std:.4g}" if self.noise_std is not None else ""
-        lines.append(f"p_clean = {self.p_clean:.4f}, p_corrupted = {self.p_corrupted:.4f} "
-                     f"({self.samples} noise sample{'s' if self.samples != 1 else ''}{noise})")
+        if self.corruption == "noise":
+            noise = f", std {self.noise_std:.4g}" if self.noise_std is not None else ""
+            how = f"{self.samples} noise sample{'s' if self.samples != 1 else ''}{noise}"
+        else:
+            how = f"{self.corruption} corruption" + (f", {self.samples} samples" if self.samples != 1 else "")
+        lines.append(f"p_clean = {self.p_clean:.4f}, p_corrupted = {self.p_corrupted:.4f} ({how})")
         if not self.complete:
             lines.append(f"PARTIAL: {self.cells_done} of {self.cells_total} restorations computed")
         last = len(self.tokens) - 1
@@ -187,7 +191,7 @@ class CausalTraceResult:
             "tokens": list(self.tokens), "subject_positions": list(self.subject_positions),
             "p_clean": self.p_clean, "p_corrupted": self.p_corrupted,
             "layers": list(self.layers), "positions": list(self.positions), "window": dict(self.window),
-            "noise_std": self.noise_std, "samples": self.samples, "seed": self.seed,
+            "corruption": self.corruption, "noise_std": self.noise_std, "samples": self.samples, "seed": self.seed,
             "complete": self.complete, "cells_done": self.cells_done, "cells_total": self.cells_total,
             "warnings": list(self.warnings), "strategy": self.extra.get("strategy"), "fallback_reason": self.extra.get("fallback_reason"),
             "provenance": dict(self.provenance),
@@ -209,6 +213,7 @@ class CausalTraceResult:
                 extra={k: data[k] for k in ("strategy", "fallback_reason") if k in data},
                 positions=data.get("positions"), seed=data.get("seed"), answer_rank=data.get("answer_rank"),
                 warnings=list(data.get("warnings", [])), provenance=dict(data.get("provenance", {})),
+                corruption=str(data.get("corruption", "noise")),
             )
         except KeyError as err:
             raise ConfigError(f"The causal-trace JSON has no {err.args[0]!r} field.") from None
