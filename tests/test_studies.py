@@ -49,6 +49,24 @@ def test_das_batch_trains_the_rotation_only():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_train_das_leaves_a_trainable_model_without_gradients():
+    """The study trains on the model as loaded (its weights require grad, as a plain HF model's
+    do). Before, every step also computed and accumulated a gradient for every weight after the
+    intervened layer (and the tied embedding), at about a third of the step's cost."""
+    from vene.studies.gender import train_das
+
+    model = tm.llama(n_layer=2)
+    model.requires_grad_(True)
+    ids = tm.ids(4, 6)["input_ids"]
+    iv = LowRankRotatedSpaceIntervention(embed_dim=32, low_rank_dimension=1)
+    before = iv.rotate_layer.weight.detach().clone()
+    batch = DASBatch(model, ids, 5, {0: torch.randn(4, 32)}, torch.tensor([0, 1, 0, 1]))
+    train_das(iv, model, 0, [batch], 5, 9, steps=2, lr=0.1)
+    assert not torch.equal(iv.rotate_layer.weight.detach(), before)
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.requires_grad for p in model.parameters())
+
+
 def test_probe_separates_separable_data_and_not_noise():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(80, 10, generator=g)

@@ -147,13 +147,16 @@ def train_das(iv: LowRankRotatedSpaceIntervention, model: nn.Module, layer: int,
     """Train a rank-1 rotated interchange ``iv`` at ``layer`` of ``block_output``: base rows take
     the source activation's component along the learned direction; loss: cross-entropy of the
     source's pronoun (he/she). Only layers from ``layer`` on are differentiated."""
-    opt = torch.optim.Adam(iv.parameters(), lr=lr)
+    params = [p for p in iv.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
     for _ in range(steps):
         for b in batches:
             with torch.enable_grad():
                 loss = nn.functional.cross_entropy(b.logits(model, iv, layer, he, she), b.target)
                 opt.zero_grad()
-                loss.backward()
+                # gradients of the intervention only: the model's own weights (left trainable by
+                # the caller, as a plain HF model is) get none, which also skips their backward
+                loss.backward(inputs=params)
                 opt.step()
 
 
