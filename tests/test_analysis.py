@@ -463,3 +463,41 @@ def test_causal_trace_corruption_errors(llama_lm):
     zero = causal_trace(llama_lm, None, ids, 7, corruption="zero", **kw)
     with pytest.raises(vene.ConfigError, match="corruption"):  # a resumed run keeps its corruption
         causal_trace(llama_lm, None, ids, 7, corruption="mean", resume=zero, **kw)
+
+
+def test_sweep_results_to_grids_and_pandas(llama_lm):
+    """Causal-trace and patching results give labelled grids and long-form DataFrames whose
+    cells are the scores."""
+    pd = pytest.importorskip("pandas")
+    ids = tiny_models.ids(seq=6, seed=3)["input_ids"]
+    tr = causal_trace(llama_lm, None, ids, 7, subject=[1, 2], components=("block_output", "mlp_output"), window=1,
+                      positions=[0, 2, 5], samples=2, progress=False)
+    gs = tr.to_grids()
+    g = gs["mlp_output"]
+    assert g.axes == ("layer", "position") and g.labels["position"] == [0, 2, 5] and g.labels["layer"] == [0, 1, 2, 3]
+    assert float(g.sel(layer=2, position=5).values) == pytest.approx(float(tr.scores["mlp_output"][2, 2]))
+    df = tr.to_pandas()
+    assert isinstance(df, pd.DataFrame) and len(df) == 2 * 4 * 3
+    row = df[(df.grid == "block_output") & (df.layer == 1) & (df.position == 2)]
+    assert float(row.value.iloc[0]) == pytest.approx(float(tr.scores["block_output"][1, 1]))
+    full = causal_trace(llama_lm, None, ids, 7, subject=[1, 2], components=("block_output",), samples=2, progress=False)
+    from vene.analysis.average import average_traces
+
+    avg = average_traces([full, full])
+    adf = avg.to_pandas()
+    assert list(adf.columns) == ["grid", "layer", "role", "value"] and len(adf) == 4 * len(avg.tokens)
+    ag = avg.to_grids()["block_output"]
+    torch.testing.assert_close(ag.values, avg.scores["block_output"].float(), equal_nan=True)
+
+    def metric(logits):
+        return logits[:, 7] - logits[:, 9]
+
+    clean, corr = ids, tiny_models.ids(seq=6, seed=4)["input_ids"]
+    pr = activation_patching(llama_lm, clean, corr, metric, components=["head_attention_value_output"], positions=[5],
+                             layers=[1, 3], progress=False)
+    hg = pr.to_grids()["head_attention_value_output"]
+    assert hg.axes == ("layer", "position", "head") and hg.labels["layer"] == [1, 3] and hg.shape == (2, 1, 4)
+    pdf = pr.to_pandas()
+    assert len(pdf) == 2 * 1 * 4
+    cell = pdf[(pdf["layer"] == 3) & (pdf["head"] == 2)]
+    assert float(cell.value.iloc[0]) == pytest.approx(float(pr.scores["head_attention_value_output"][1, 0, 2]))

@@ -95,6 +95,19 @@ class AverageTraceResult:
     def save(self, path: str | os.PathLike) -> None:
         write_json(path, self.to_dict())
 
+    def to_grids(self) -> Any:
+        """The scores as a :class:`~vene.analysis.grids.GridSet`: one grid per component, axes
+        ``layer`` x ``role`` (the token roles of ROME's Fig. 2); ``meta`` has the counts."""
+        from .results import _as_gridset
+
+        meta = {"counts": self.counts, "n_prompts": self.n_prompts, "p_clean": self.p_clean, "p_corrupted": self.p_corrupted}
+        return _as_gridset(self.scores, lambda c, g: (("layer", "role"), {"layer": self.layers, "role": self.tokens}),
+                           "p_answer", meta)
+
+    def to_pandas(self) -> Any:
+        """Long-form ``DataFrame`` (pandas needed): ``grid``, ``layer``, ``role``, ``value``."""
+        return self.to_grids().to_pandas()
+
     def plot(self, **kwargs: Any):
         from .plotting import plot_causal_trace
 

@@ -85,6 +85,18 @@ def nan_argmax(grid: torch.Tensor) -> int:
     return int(filled.argmax())
 
 
+def _as_gridset(scores: dict[str, torch.Tensor], axes: Any, name: str, meta: dict) -> Any:
+    """``scores`` as a :class:`~vene.analysis.grids.GridSet` (``axes(component, grid)`` gives the
+    axis names and labels of one grid)."""
+    from .grids import Grid, GridSet
+
+    grids = {}
+    for comp, g in scores.items():
+        names, labels = axes(comp, g)
+        grids[comp] = Grid(g, names, labels, name=name)
+    return GridSet(grids, meta)
+
+
 class SweepInterrupted(KeyboardInterrupt):
     """Ctrl-C during a sweep. ``result`` holds the cells computed so far (the rest are NaN,
     ``result.complete`` is False); pass it back as ``resume=`` to finish the run."""
@@ -223,6 +235,20 @@ class CausalTraceResult:
         """Load a result written by :meth:`save` / ``vene trace`` (``trace.json``)."""
         return cls.from_dict(_load_json(source))
 
+    def to_grids(self) -> Any:
+        """The scores as a :class:`~vene.analysis.grids.GridSet`: one grid per component, axes
+        ``layer`` x ``position`` labelled with the layers and token positions; ``meta`` has the
+        tokens, the subject positions and p(clean) / p(corrupted)."""
+        meta = {"tokens": self.tokens, "subject_positions": self.subject_positions, "p_clean": self.p_clean,
+                "p_corrupted": self.p_corrupted, "answer": self.answer, "corruption": self.corruption}
+        return _as_gridset(self.scores, lambda c, g: (("layer", "position"), {"layer": self.layers, "position": self.positions}),
+                           "p_answer", meta)
+
+    def to_pandas(self) -> Any:
+        """Long-form ``DataFrame`` (pandas needed): columns ``grid`` (the component), ``layer``,
+        ``position``, ``value`` (the restored probability of the answer)."""
+        return self.to_grids().to_pandas()
+
     def save(self, path: str | os.PathLike) -> None:
         write_json(path, self.to_dict())
 
@@ -330,6 +356,25 @@ class PatchingResult:
 
     def save(self, path: str | os.PathLike) -> None:
         write_json(path, self.to_dict())
+
+    def to_grids(self) -> Any:
+        """The scores as a :class:`~vene.analysis.grids.GridSet`: one grid per component, axes
+        ``layer`` x ``position`` (x ``head``), labelled with the layers, positions and heads;
+        ``meta`` has the tokens and the clean / corrupted metric."""
+        def axes(comp: str, g: torch.Tensor) -> tuple:
+            if g.dim() == 3:
+                return ("layer", "position", "head"), {"layer": self.layers, "position": self.positions,
+                                                       "head": self.heads.get(comp, list(range(g.shape[2])))}
+            return ("layer", "position"), {"layer": self.layers, "position": self.positions}
+
+        meta = {"tokens": self.tokens, "clean_metric": self.clean_metric, "corrupted_metric": self.corrupted_metric,
+                "metric_name": self.metric_name}
+        return _as_gridset(self.scores, axes, self.metric_name or "metric", meta)
+
+    def to_pandas(self) -> Any:
+        """Long-form ``DataFrame`` (pandas needed): columns ``grid`` (the component), ``layer``,
+        ``position`` (``head``), ``value`` (the patched metric)."""
+        return self.to_grids().to_pandas()
 
     def plot(self, **kwargs: Any):
         """Heatmaps as a matplotlib ``Figure`` (see :func:`vene.analysis.plot_patching`)."""
