@@ -28,6 +28,7 @@ from .errors import ConfigError, LocationError, ShapeMismatchError
 from .gather import gather, keep_masked, scatter, scatter_masked
 from .interventions import InterventionOutput
 from .locations import Loc
+from .placement import intervention_device, warn_moved
 from .plan import CallPlan, KeySpec
 from .views import feature_ndim, flatten_features, make_view, merge_units, unmerge_units
 
@@ -141,8 +142,18 @@ def call_intervention(spec: KeySpec, base: torch.Tensor, source: Any, subspaces:
     """Run ``spec``'s intervention on a selection (merging units into one vector first when it
     does not keep the last dimension)."""
     iv = spec.intervention
+    if isinstance(source, torch.Tensor) and source.device != base.device:
+        source = source.to(base.device)  # e.g. a source_representations tensor given on cpu
     if spec.is_lambda:
         return iv(base, source, subspaces)
+    there = intervention_device(iv)
+    if there is not None and there != base.device:  # weights on another device (vene.placement)
+        warn_moved(iv, spec.key, there, base.device)
+        if isinstance(module_input, torch.Tensor):
+            module_input = module_input.to(there)
+        out = call_intervention(spec, base.to(there), source.to(there) if isinstance(source, torch.Tensor) else source,
+                                subspaces, call, args, module_input)
+        return out.to(base.device) if isinstance(out, torch.Tensor) else out
     shape = None
     if spec.flatten and base.dim() >= 3:
         base, shape = merge_units(base)
