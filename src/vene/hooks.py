@@ -306,6 +306,8 @@ class HookSession:
 
     def _replayable(self, owner: nn.Module, function: Callable) -> Callable:
         starts = [c[0] for _, _, _, c in self.entries]  # fire counts when this layer call began
+        # probe attention switches every layer's attention: the recomputation must use it too
+        switched = [c for c, _ in self.attn_switch.saved] if self.attn_switch is not None else []
 
         def run(*args: Any, **kwargs: Any) -> Any:
             if self.open:  # the forward pass: our hooks are in place
@@ -315,6 +317,10 @@ class HookSession:
             if not with_self:
                 inside.discard(id(scope))
             with HookSession(self.model, replay=True) as again:
+                if switched:
+                    again.attn_switch = _AttnSwitch(self.model)
+                    again.attn_switch.pending = list(switched)
+                    again.attn_switch.__enter__()
                 for (module, io, fn, _), start in zip(self.entries, starts):
                     if id(module) in inside:
                         again.add(module, io, fn, start)

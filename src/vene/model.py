@@ -91,8 +91,9 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
 
     Placement (docs/scale-out.md): each intervention is put on the device its site's module runs
     on (accelerate's ``execution_device`` for ``device_map`` / offloaded models) and in that
-    module's floating dtype; ``intervention_dtype=torch.float32`` keeps every intervention in
-    fp32 instead (e.g. DAS rotations on a bf16 model; values are cast at the site).
+    module's floating dtype, except orthogonal rotations (DAS), which stay in float32 (values are
+    cast at the site); ``intervention_dtype=torch.float32`` (or any floating dtype) puts every
+    intervention in that dtype instead.
     """
 
     def __init__(
@@ -234,8 +235,10 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
                           "loaded), so the intervention stays where it is; wrap the model after "
                           "loading or dispatching it.", stacklevel=3)
             device = None
-        dtype = self.intervention_dtype or site_dtype(self.model, path)
-        place(intervention, device, dtype)
+        if self.intervention_dtype is not None:
+            place(intervention, device, self.intervention_dtype)
+        else:  # the site's dtype; orthogonal rotations stay in float32 (vene.placement)
+            place(intervention, device, site_dtype(self.model, path), keep_parametrized=True)
 
     def _embedding_std(self) -> float | None:
         get = getattr(self.model, "get_input_embeddings", None)

@@ -9,9 +9,12 @@ module *runs on* and (by default) in that module's floating dtype:
   submodule's, else the device of the first real (non-``meta``) parameter or buffer of the module,
   then of its ancestors;
 * the dtype: the floating dtype of the module's parameters (its ancestors' for a module without
-  any), unless ``intervention_dtype`` names one (e.g. ``torch.float32`` to keep DAS rotations in
-  fp32 on a bf16 model; the built-in interventions cast their input to their weights' dtype and
-  their result back, so values are cast at the site).
+  any), except for orthogonally parametrised rotations (DAS: rotated, low-rank, boundless,
+  sigmoid-mask rotated spaces), which keep float32: in half precision the parametrisation drifts
+  from orthogonal (max |RRᵀ - I| ~ 1e-2 in bf16) and the low-rank one (Householder) has no bf16
+  kernel on CPU. ``intervention_dtype`` names one dtype for every tensor of every intervention
+  instead. The built-in interventions cast their input to their weights' dtype and their result
+  back, so values are cast at the site.
 
 At call time :func:`intervention_device` tells the op whether an intervention's weights are on
 another device than the activation it is handed (an input site of a layer on the next GPU, a
@@ -83,12 +86,18 @@ def site_device(model: nn.Module, path: str) -> torch.device | None:
         dev = hook_device(m)
         if dev is not None:
             return dev
+    for m in reversed(chain):  # the nearest module with parameters: where they are
+        seen = False
+        for p in m.parameters():
+            if p.device != _META:
+                return p.device
+            seen = True
+        if seen:
+            return _META  # all on meta and no hook: not loaded
     for m in reversed(chain):
         t = _first_real(m)
         if t is not None:
             return t.device
-    for t in chain[-1].parameters():
-        return t.device  # all on meta
     return None
 
 
@@ -102,15 +111,26 @@ def site_dtype(model: nn.Module, path: str) -> torch.dtype | None:
     return None
 
 
-def place(intervention: nn.Module, device: torch.device | None, dtype: torch.dtype | None) -> None:
+def place(intervention: nn.Module, device: torch.device | None, dtype: torch.dtype | None,
+          keep_parametrized: bool = False) -> None:
     """Move ``intervention``'s tensors to ``device`` and its floating parameters and buffers to
     ``dtype`` (None: leave as is). Buffers named in the class's ``exact_buffers`` keep their dtype
-    (e.g. the integer positions of the boundless mask, not representable in bf16)."""
+    (e.g. the integer positions of the boundless mask, not representable in bf16). With
+    ``keep_parametrized``, parametrised submodules (the orthogonal rotations of DAS) keep theirs."""
     if device is not None and device != _META:
         intervention.to(device)
     if dtype is None:
         return
+    skip: set[int] = set()
+    if keep_parametrized:
+        from torch.nn.utils import parametrize
+
+        for m in intervention.modules():
+            if parametrize.is_parametrized(m):
+                skip.update(id(sub) for sub in m.modules())
     for m in intervention.modules():
+        if id(m) in skip:
+            continue
         keep = set(getattr(type(m), "exact_buffers", ()))
         for name, p in m._parameters.items():
             if p is not None and p.is_floating_point() and p.dtype != dtype:

@@ -35,7 +35,7 @@ def check_gradient_checkpointing(intervenable: Any) -> None:
                 "torch's checkpoint, which records no graph for it, so the model's gradient through "
                 "the source runs is dropped (the interventions' own gradients are exact). Use "
                 "gradient_checkpointing_enable({'use_reentrant': False}), the transformers default.",
-                stacklevel=3,
+                stacklevel=5,  # the user's call of the IntervenableModel
             )
         if not callable(func):
             raise ConfigError(
