@@ -1,13 +1,15 @@
-"""DAS (a learned 1-d rotation subspace) trained data-parallel: torch DDP, accelerate, or the HF Trainer.
+"""DAS (a learned 1-d rotation subspace) trained data-parallel: torch DDP, FSDP2, accelerate, or the HF Trainer.
 
 The task is interchange intervention training on a frozen causal LM: swap a 1-d subspace of the
 residual stream at one layer and position from a source run into the base run, and train the
 rotation so that the intervened base predicts the token the *source* run predicts. Each global
-batch is split across the processes; the intervention's gradients are averaged by DDP, so the
-result equals one process training on the whole batch.
+batch is split across the processes; the intervention's gradients are averaged across them (DDP,
+FSDP, accelerate and the Trainer all do), so the result equals one process training on the
+whole batch (tests/test_scaleout.py checks this for DDP and FSDP with 2 gloo processes).
 
     python examples/das_distributed.py --tiny                       # one process
     torchrun --nproc_per_node 2 examples/das_distributed.py --tiny  # 2 processes (gloo on CPU, nccl on GPU)
+    torchrun --nproc_per_node 2 examples/das_distributed.py --tiny --engine fsdp
     accelerate launch --num_processes 2 examples/das_distributed.py --engine accelerate
     torchrun --nproc_per_node 2 examples/das_distributed.py --engine trainer
 
@@ -71,7 +73,7 @@ def train(args: argparse.Namespace) -> dict:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(f"cuda:{local}") if torch.cuda.is_available() and not args.cpu else torch.device("cpu")
-    if args.engine == "ddp" and world > 1 and not dist.is_initialized():
+    if args.engine in ("ddp", "fsdp") and world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     model = build_model(args.tiny, device)
     vocab = model.config.vocab_size
@@ -86,8 +88,7 @@ def train(args: argparse.Namespace) -> dict:
     losses: list[float] = []
 
     if args.engine == "trainer":
-        trained = _train_with_trainer(args, pv_model, data, pos, world)
-        losses = trained
+        losses = _train_with_trainer(args, pv_model, data, pos, world)
     else:
         if args.engine == "accelerate":
             from accelerate import Accelerator
@@ -97,22 +98,29 @@ def train(args: argparse.Namespace) -> dict:
             ddp_model, opt = accelerator.prepare(pv_model, opt)
             rank, world = accelerator.process_index, accelerator.num_processes
         else:
-            opt = torch.optim.SGD(pv_model.get_trainable_parameters(), lr=args.lr)
-            ddp_model = torch.nn.parallel.DistributedDataParallel(pv_model) if world > 1 else pv_model
             accelerator = None
-        for base, source in data:
-            shard = slice(rank * (args.global_batch // world), (rank + 1) * (args.global_batch // world))
+        shard = slice(rank * (args.global_batch // world), (rank + 1) * (args.global_batch // world))
+        ys = [targets(model, source[shard].to(device)) for _, source in data]  # before FSDP shards the model
+        if args.engine == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            fully_shard(pv_model)  # FSDP2: the frozen model and the interventions, sharded as one unit
+            ddp_model = pv_model
+        elif args.engine == "ddp":
+            ddp_model = torch.nn.parallel.DistributedDataParallel(pv_model) if world > 1 else pv_model
+        if accelerator is None:
+            opt = torch.optim.SGD(pv_model.get_trainable_parameters(), lr=args.lr)
+        for (base, source), y in zip(data, ys):
             b, s = base[shard].to(device), source[shard].to(device)
-            y = targets(model, s)
             _, out = ddp_model({"input_ids": b}, [{"input_ids": s}], locs)
             loss = F.cross_entropy(out.logits[:, -1], y)
             opt.zero_grad()
             accelerator.backward(loss) if accelerator is not None else loss.backward()
             opt.step()
             losses.append(_global_mean(loss.detach(), world))
-    result = {"losses": losses,
-              "weights": {k: v.detach().cpu() for k, v in pv_model.interventions.state_dict().items()
-                          if v.is_floating_point()}}
+    state = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v)  # FSDP2 holds DTensor shards
+             for k, v in pv_model.interventions.state_dict().items()}
+    result = {"losses": losses, "weights": {k: v.detach().cpu() for k, v in state.items() if v.is_floating_point()}}
     if args.out and rank == 0:
         from safetensors.torch import save_file
 
@@ -167,7 +175,7 @@ def _train_with_trainer(args: argparse.Namespace, pv_model: pv.IntervenableModel
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--engine", choices=["ddp", "accelerate", "trainer"], default="ddp")
+    ap.add_argument("--engine", choices=["ddp", "fsdp", "accelerate", "trainer"], default="ddp")
     ap.add_argument("--tiny", action="store_true", help="a random 3-layer Llama instead of SmolLM2-135M")
     ap.add_argument("--cpu", action="store_true", help="run on cpu even when cuda is available")
     ap.add_argument("--layer", type=int, default=1)

@@ -260,10 +260,10 @@ def test_interventions_follow_the_model_dtype_rotations_stay_fp32_or_interventio
             pv.IntervenableModel(cfg, model, intervention_dtype=bad)
 
 
-@pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 0.05), (torch.float16, 0.01)])
+@pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 0.01), (torch.float16, 0.002)])
 def test_half_precision_das_matches_fp32_within_tolerance(dtype, tol):
-    """Stated tolerances (docs/scale-out.md): logits within ``tol`` (max abs; the logits are O(1))
-    of the fp32 run, and the interventions' gradient within cosine 0.99 of fp32's: by default
+    """Stated tolerances (docs/scale-out.md): logits within ``tol`` (max abs; here |logits| <= 0.4)
+    of the fp32 run, and the interventions' gradient within cosine 0.999 of fp32's: by default
     (rotations in fp32, cast at the site) and with the full rotation in the model's dtype."""
     half = tm.llama(n_layer=3).to(dtype)
     # the Householder parametrisation of the low-rank rotation has no half-precision kernel on CPU
@@ -281,7 +281,7 @@ def test_half_precision_das_matches_fp32_within_tolerance(dtype, tol):
         assert err < tol, (kw, err)
         _loss(out).backward()
         g = torch.cat([p.grad.float().flatten() for p in pm.get_trainable_parameters()])
-        assert F.cosine_similarity(g, g_ref, dim=0) > 0.99, kw
+        assert F.cosine_similarity(g, g_ref, dim=0) > 0.999, kw
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,15 +361,18 @@ def _weights(result):
     return result["weights"]
 
 
-def test_ddp_two_processes_equal_one_process_on_the_global_batch(tmp_path):
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+def test_two_processes_equal_one_process_on_the_global_batch(tmp_path, engine):
+    """torch DDP on the IntervenableModel, and FSDP2 (fully_shard of the whole IntervenableModel),
+    2 gloo processes on CPU: the trained rotation and the losses equal one process on the global batch."""
     ex = _example()
     single = ex.train(ex.parse(["--tiny", "--cpu", "--steps", "3", "--global-batch", "4"]))
-    out = tmp_path / "ddp.safetensors"
+    out = tmp_path / f"{engine}.safetensors"
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
          str(ROOT / "examples" / "das_distributed.py"), "--tiny", "--cpu", "--steps", "3", "--global-batch", "4",
-         "--out", str(out)],
+         "--engine", engine, "--out", str(out)],
         env=env, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
