@@ -10,7 +10,8 @@ whole batch (tests/test_scaleout.py checks this for DDP and FSDP with 2 gloo pro
     python examples/das_distributed.py --tiny                       # one process
     torchrun --nproc_per_node 2 examples/das_distributed.py --tiny  # 2 processes (gloo on CPU, nccl on GPU)
     torchrun --nproc_per_node 2 examples/das_distributed.py --tiny --engine fsdp
-    accelerate launch --num_processes 2 examples/das_distributed.py --engine accelerate
+    accelerate launch --num_processes 2 examples/das_distributed.py --engine accelerate   # GPUs
+    torchrun --nproc_per_node 2 examples/das_distributed.py --tiny --engine accelerate  # the Accelerator on CPU
     torchrun --nproc_per_node 2 examples/das_distributed.py --engine trainer
 
 ``--tiny`` uses a randomly initialised 3-layer Llama (no download); otherwise the embedded
