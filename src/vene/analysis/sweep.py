@@ -52,8 +52,8 @@ from torch import nn
 
 from ..components import Site, detect_architecture, get_module, resolve_site
 from ..errors import ConfigError, SourceError
-from ..placement import model_device
 from ..hooks import HookSession
+from ..placement import model_device
 from .cells import CellSites, Patch, PatchFn, patch_function
 from .stepping import LayerStepper
 

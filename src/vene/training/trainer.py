@@ -10,7 +10,8 @@ DDP and ``accelerate`` need no wrapper: ``DistributedDataParallel(pv_model)`` an
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -71,7 +72,7 @@ class TrainingModule(nn.Module):
             logits = out
         return {"loss": loss, "logits": logits}
 
-    def train(self, mode: bool = True) -> "TrainingModule":
+    def train(self, mode: bool = True) -> TrainingModule:
         self.training = mode
         self.intervenable.training = mode
         self.intervenable.interventions.train(mode)
