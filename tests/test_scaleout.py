@@ -442,3 +442,32 @@ def test_collate_interventions_builds_pyvene_layout():
     assert pv.collate_interventions(two)["unit_locations"] == {"sources->base": ([[[1], [1]], [[2], [2]]], [[[3], [3]], [[4], [4]]])}
     with pytest.raises(pv.ConfigError, match="differ in shape"):
         pv.collate_interventions([{"base": {"input_ids": torch.tensor([1, 2])}}, {"base": {"input_ids": torch.tensor([1])}}])
+
+
+@pytest.mark.parametrize("loc", [[[1]] * 2, None], ids=["one position (a span)", "whole tensor"])
+def test_an_intervention_that_saves_its_input_for_backward_trains(loc):
+    """Found while testing checkpointing: an intervention whose backward needs its input (here
+    ``b * b``) used to fail ``backward`` with "modified by an inplace operation" when the
+    selection was a view of the written tensor (one position, or no locations)."""
+    model = tm.llama(n_layer=3)
+    model.model.embed_tokens.weight.requires_grad_(True)
+    pm = pv.IntervenableModel({"layer": 1, "component": "block_output", "intervention": lambda b, s: b * b}, model,
+                              freeze_model=False)
+    _, out = pm(BASE, unit_locations={"base": loc} if loc else None)
+    out.logits.float().log_softmax(-1)[..., 3].mean().backward()
+    got = model.model.embed_tokens.weight.grad.clone()
+    model.model.embed_tokens.weight.grad = None
+
+    def square(t):
+        t = t.clone()
+        if loc is None:
+            return t * t
+        x = t[:, 1].clone()
+        t[:, 1] = x * x
+        return t
+
+    with tm.hooked(model.model.layers[1], square):
+        want_out = model(**BASE)
+    want_out.logits.float().log_softmax(-1)[..., 3].mean().backward()
+    torch.testing.assert_close(out.logits, want_out.logits, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got, model.model.embed_tokens.weight.grad, atol=1e-7, rtol=1e-5)
