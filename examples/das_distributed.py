@@ -15,7 +15,8 @@ whole batch (tests/test_scaleout.py checks this for DDP and FSDP with 2 gloo pro
     torchrun --nproc_per_node 2 examples/das_distributed.py --engine trainer
 
 ``--tiny`` uses a randomly initialised 3-layer Llama (no download); otherwise the embedded
-SmolLM2-135M. ``--out FILE`` writes the trained rotation (safetensors) and the losses (JSON next
+SmolLM2-135M (one process, ``--layer 8 --repeat-batch --steps 8 --global-batch 4``: the loss
+fell from 5.35 to 1.92 on CPU). ``--out FILE`` writes the trained rotation (safetensors) and the losses (JSON next
 to it) from rank 0. On a GPU machine each process uses ``cuda:<LOCAL_RANK>``.
 """
 from __future__ import annotations
@@ -70,6 +71,8 @@ def targets(model: Any, source: torch.Tensor) -> torch.Tensor:
 
 
 def train(args: argparse.Namespace) -> dict:
+    if args.lr is None:
+        args.lr = 0.5 if args.tiny else 0.05
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -183,7 +186,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--global-batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=6)
-    ap.add_argument("--lr", type=float, default=0.5)
+    ap.add_argument("--lr", type=float, default=None, help="SGD learning rate (default 0.5 with --tiny, else 0.05)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat-batch", action="store_true", help="train on the first batch at every step (what --engine trainer does)")
     ap.add_argument("--out", default="")
