@@ -465,17 +465,21 @@ def test_iit_trains_tiny_gpt2_with_a_rotation():
     assert not torch.equal(before, model.transformer.h[0].attn.c_attn.weight)
 
 
-def test_gradient_checkpointing_is_refused_with_a_clear_error():
+def test_checkpointing_vene_cannot_follow_is_refused_with_a_clear_error():
+    # transformers' own checkpointing is supported (tests/test_scaleout.py); a layer flagged
+    # gradient_checkpointing without the _gradient_checkpointing_func that vene re-applies the
+    # interventions through checkpoints in a way vene cannot see: refused, model left as it was
     model = tm.gpt2(lm=True)
     # transformers 5 renamed gradient_checkpointing_enable; both ends of the supported range are tested
     enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
     disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
     enable()
+    del model.transformer.h[1].__dict__["_gradient_checkpointing_func"]
     iv = pv.IntervenableModel({"layer": 1, "component": "block_output", "intervention_type": pv.RotatedSpaceIntervention}, model)
     model.train()  # wrapping put it in eval mode
     base, src = tm.ids(2, 6, 1), tm.ids(2, 6, 2)
     hooks = [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]
-    with pytest.raises(pv.ConfigError, match="checkpointing_disable"):
+    with pytest.raises(pv.ConfigError, match="without a _gradient_checkpointing_func"):
         iv(base, [src], {"sources->base": 2})
     assert hooks == [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]
     with torch.no_grad():

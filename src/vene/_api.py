@@ -96,6 +96,9 @@ from .utils import (
     top_vals,
 )
 
+from .placement import placement_report
+from .training.trainer import TrainingModule, collate_interventions
+
 from . import __version__  # noqa: F401  (one source: vene/__init__.py)
 
 
@@ -121,4 +124,5 @@ __all__ = [
     "IntervenableNdifModel", "_do_intervention_by_swap", "closeness_to_permutation_loss", "create_backpack_gpt2",
     "create_blip", "create_blip_itm", "create_directory", "create_gpt_oss", "create_llava", "create_olmo",
     "get_type_from_string", "harmonic_sigmoid_boundary", "random_permutation_matrix", "data_generators",
+    "TrainingModule", "collate_interventions", "placement_report",
 ]

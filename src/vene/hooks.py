@@ -7,7 +7,9 @@ probabilities through :func:`_apply_probes`, where our getters and setters act o
 """
 from __future__ import annotations
 
+import functools
 import threading
+import weakref
 from typing import Any, Callable
 
 import torch
@@ -188,18 +190,62 @@ class _AttnSwitch:
 # ---------------------------------------------------------------------------------------------
 
 
-class HookSession:
-    """Hooks of one call. Removes exactly what it added, also when the call raises."""
+_GC_LAYERS: "weakref.WeakKeyDictionary[nn.Module, list[nn.Module]]" = weakref.WeakKeyDictionary()
 
-    def __init__(self, model: nn.Module) -> None:
+
+def checkpointing_modules(model: nn.Module) -> list[nn.Module]:
+    """The modules of ``model`` that carry transformers' ``gradient_checkpointing`` flag (cached)."""
+    mods = _GC_LAYERS.get(model)
+    if mods is None:
+        mods = [m for m in model.modules() if hasattr(m, "gradient_checkpointing")]
+        _GC_LAYERS[model] = mods
+    return mods
+
+
+_CALL_NAMES = ("__call__", "_call_impl", "_wrapped_call_impl")
+
+
+def _replay_scope(owner: nn.Module, function: Any) -> tuple[nn.Module, bool]:
+    """The module a checkpointed ``function`` runs and whether its own hooks run inside it:
+    transformers 5 checkpoints ``partial(forward, layer)`` (the layer's hooks stay outside),
+    older code ``layer.__call__`` (they run inside)."""
+    f, first = function, None
+    if isinstance(function, functools.partial):
+        f = function.func
+        first = function.args[0] if function.args else None
+    bound = getattr(f, "__self__", None)
+    if isinstance(bound, nn.Module):
+        return bound, getattr(f, "__name__", "") in _CALL_NAMES
+    if isinstance(first, nn.Module):
+        return first, getattr(f, "__name__", "") in _CALL_NAMES
+    return owner, False
+
+
+class HookSession:
+    """Hooks of one call. Removes exactly what it added, also when the call raises.
+
+    Gradient checkpointing: while the session is open with autograd on, every layer that
+    transformers checkpoints (``gradient_checkpointing`` set, ``_gradient_checkpointing_func``
+    present) gets, for this call only, a checkpoint function whose checkpointed body re-installs
+    this call's hooks on the layer's modules when ``backward`` recomputes it after the session has
+    closed (fire counts resume where the forward pass had them), so the recomputation applies the
+    same interventions and their gradients are exact.
+    """
+
+    def __init__(self, model: nn.Module, replay: bool = False) -> None:
         self.model = model
         self.handles: list[Any] = []
         self.probe_ids: list[int] = []
         self.attn_switch: _AttnSwitch | None = None
+        self.entries: list[tuple[nn.Module, str, Callable, list[int]]] = []
+        self.open = True
+        self._replay = replay
+        self._gc_saved: list[tuple[nn.Module, Any]] = []
 
-    def add(self, module: nn.Module, io: str, fn: Callable) -> None:
+    def add(self, module: nn.Module, io: str, fn: Callable, start: int = 0) -> None:
         """``fn(module, tensor, fire_index, module_args) -> replacement tensor or None``."""
-        counter = [0]
+        counter = [start]
+        self.entries.append((module, io, fn, counter))
         if io == "output":
             def hook(mod, args, kwargs, output):
                 t, rebuild = first_tensor(output)
@@ -241,7 +287,49 @@ class HookSession:
         else:  # pragma: no cover
             raise ValueError(io)
 
+    # -- gradient checkpointing --------------------------------------------------------------
+    def _patch_checkpointing(self) -> None:
+        for m in checkpointing_modules(self.model):
+            if getattr(m, "gradient_checkpointing", False) is not True:
+                continue
+            orig = m.__dict__.get("_gradient_checkpointing_func")
+            if not callable(orig):
+                continue
+            self._gc_saved.append((m, orig))
+            m.__dict__["_gradient_checkpointing_func"] = self._checkpoint_func(m, orig)
+
+    def _checkpoint_func(self, owner: nn.Module, orig: Callable) -> Callable:
+        def checkpoint_func(function: Callable, *args: Any, **kwargs: Any) -> Any:
+            return orig(self._replayable(owner, function), *args, **kwargs)
+
+        return checkpoint_func
+
+    def _replayable(self, owner: nn.Module, function: Callable) -> Callable:
+        starts = [c[0] for _, _, _, c in self.entries]  # fire counts when this layer call began
+        # probe attention switches every layer's attention: the recomputation must use it too
+        switched = [c for c, _ in self.attn_switch.saved] if self.attn_switch is not None else []
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            if self.open:  # the forward pass: our hooks are in place
+                return function(*args, **kwargs)
+            scope, with_self = _replay_scope(owner, function)
+            inside = {id(m) for m in scope.modules()}
+            if not with_self:
+                inside.discard(id(scope))
+            with HookSession(self.model, replay=True) as again:
+                if switched:
+                    again.attn_switch = _AttnSwitch(self.model)
+                    again.attn_switch.pending = list(switched)
+                    again.attn_switch.__enter__()
+                for (module, io, fn, _), start in zip(self.entries, starts):
+                    if id(module) in inside:
+                        again.add(module, io, fn, start)
+                return function(*args, **kwargs)
+
+        return run
+
     def close(self) -> None:
+        self.open = False
         for h in self.handles:
             h.remove()
         self.handles.clear()
@@ -252,8 +340,13 @@ class HookSession:
         if self.attn_switch is not None:
             self.attn_switch.__exit__(None, None, None)
             self.attn_switch = None
+        for m, orig in reversed(self._gc_saved):
+            m.__dict__["_gradient_checkpointing_func"] = orig
+        self._gc_saved.clear()
 
     def __enter__(self) -> "HookSession":
+        if not self._replay and torch.is_grad_enabled():
+            self._patch_checkpointing()
         return self
 
     def __exit__(self, *exc: Any) -> None:

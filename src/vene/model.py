@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ from .interventions import (
 )
 from .locations import check_site, check_sorted_keys
 from .model_helpers import ParameterHelpersMixin
+from .placement import place, real_tensor, site_device, site_dtype
 from .plan import CallPlan, KeySpec, LocationCache, build_plan
 from .serialization import SerializationMixin
 from .training.guards import check_gradient_checkpointing
@@ -86,6 +88,12 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
     (below :data:`FUSE_BUDGET` rows x tokens x width on CPU, where bigger batches are compute-bound
     and separate, early-stopped source passes are faster); ``True`` always fuses when shapes allow;
     ``False`` never fuses (use it for models whose examples interact within a batch).
+
+    Placement (docs/scale-out.md): each intervention is put on the device its site's module runs
+    on (accelerate's ``execution_device`` for ``device_map`` / offloaded models) and in that
+    module's floating dtype, except orthogonal rotations (DAS), which stay in float32 (values are
+    cast at the site); ``intervention_dtype=torch.float32`` (or any floating dtype) puts every
+    intervention in that dtype instead.
     """
 
     def __init__(
@@ -97,6 +105,7 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
         intervenables_sort_fn: Any = None,
         batch_sources: bool | str = "auto",
         freeze_model: bool = True,
+        intervention_dtype: torch.dtype | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -116,6 +125,14 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
         if batch_sources not in (True, False, "auto"):
             raise ConfigError(f"batch_sources must be True, False or 'auto', got {batch_sources!r}.")
         self.batch_sources = batch_sources
+        if intervention_dtype is not None and not (
+                isinstance(intervention_dtype, torch.dtype) and intervention_dtype.is_floating_point):
+            raise ConfigError(
+                f"intervention_dtype must be None (each intervention takes its site's dtype) or a "
+                f"floating torch.dtype such as torch.float32, got {intervention_dtype!r}."
+            )
+        self.intervention_dtype = intervention_dtype
+        placed: set[int] = set()
         self.model_has_grad = False
         self.representations: dict[str, RepresentationConfig] = {}
         self.interventions = nn.ModuleDict()
@@ -151,6 +168,9 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
             if rep.intervention_link_key is not None:
                 linked = self._links.setdefault(rep.intervention_link_key, intervention)
                 intervention = linked
+            if id(intervention) not in placed:  # a linked intervention lives at its first site
+                placed.add(id(intervention))
+                self._place(intervention, site.module_path, key)
             self.interventions[key] = intervention
             self.representations[key] = rep
             is_lambda = isinstance(intervention, LambdaIntervention)
@@ -207,6 +227,19 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
             return LambdaIntervention(impl)
         raise ConfigError(f"Representation {i}: cannot build an intervention from {impl!r}.")
 
+    def _place(self, intervention: nn.Module, path: str, key: str) -> None:
+        """Put ``intervention`` on its site's execution device and dtype (vene.placement)."""
+        device = site_device(self.model, path)
+        if device is not None and device.type == "meta":
+            warnings.warn(f"{key}: the model's weights at {path} are on the meta device (not "
+                          "loaded), so the intervention stays where it is; wrap the model after "
+                          "loading or dispatching it.", stacklevel=3)
+            device = None
+        if self.intervention_dtype is not None:
+            place(intervention, device, self.intervention_dtype)
+        else:  # the site's dtype; orthogonal rotations stay in float32 (vene.placement)
+            place(intervention, device, site_dtype(self.model, path), keep_parametrized=True)
+
     def _embedding_std(self) -> float | None:
         get = getattr(self.model, "get_input_embeddings", None)
         emb = None
@@ -215,7 +248,7 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
                 emb = get()
             except (NotImplementedError, AttributeError):
                 emb = None
-        weight = getattr(emb, "weight", None)
+        weight = real_tensor(emb, "weight") if emb is not None else None
         if weight is None:
             return None
         with torch.no_grad():

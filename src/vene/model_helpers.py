@@ -27,9 +27,11 @@ class ParameterHelpersMixin:
     model_has_grad: bool
 
     def get_device(self) -> torch.device:
-        for p in self.model.parameters():
-            return p.device
-        return torch.device("cpu")
+        """Where the model takes its inputs: accelerate's main device for a ``device_map`` /
+        offloaded model, else the device of its first (non-meta) parameter, else cpu."""
+        from .placement import model_device
+
+        return model_device(self.model)
 
     def set_device(self, device: Any, set_model: bool = True) -> None:
         try:

@@ -28,6 +28,7 @@ from .errors import ConfigError, LocationError, ShapeMismatchError
 from .gather import gather, keep_masked, scatter, scatter_masked
 from .interventions import InterventionOutput
 from .locations import Loc
+from .placement import intervention_device, warn_moved
 from .plan import CallPlan, KeySpec
 from .views import feature_ndim, flatten_features, make_view, merge_units, unmerge_units
 
@@ -141,8 +142,19 @@ def call_intervention(spec: KeySpec, base: torch.Tensor, source: Any, subspaces:
     """Run ``spec``'s intervention on a selection (merging units into one vector first when it
     does not keep the last dimension)."""
     iv = spec.intervention
+    if isinstance(source, torch.Tensor) and source.device != base.device:
+        source = source.to(base.device)  # e.g. a source_representations tensor given on cpu
     if spec.is_lambda:
         return iv(base, source, subspaces)
+    here = None
+    there = intervention_device(iv)
+    if there is not None and there != base.device:  # weights on another device (vene.placement)
+        warn_moved(iv, spec.key, there, base.device)
+        here, base = base.device, base.to(there)
+        if isinstance(source, torch.Tensor):
+            source = source.to(there)
+        if isinstance(module_input, torch.Tensor):
+            module_input = module_input.to(there)
     shape = None
     if spec.flatten and base.dim() >= 3:
         base, shape = merge_units(base)
@@ -161,6 +173,8 @@ def call_intervention(spec: KeySpec, base: torch.Tensor, source: Any, subspaces:
         out = out.output
     if shape is not None and isinstance(out, torch.Tensor) and not spec.is_collect:
         out = unmerge_units(out, shape)
+    if here is not None and isinstance(out, torch.Tensor):
+        out = out.to(here)  # back to the site's device
     return out
 
 
@@ -180,6 +194,8 @@ class Setter(Op):
         loc, mask = got
         v = self.view(live.writable())
         raw = self.gather(v, loc, "base")
+        if torch.is_grad_enabled() and raw.untyped_storage().data_ptr() == v.untyped_storage().data_ptr():
+            raw = raw.clone()  # a view of v (a span, or all of it) that the write below overwrites: autograd may save it
         sel = flatten_features(raw, spec.site.view, 3 if loc is not None and loc.two_level else 2)
         source = _source_of(spec, call)
         if isinstance(source, torch.Tensor) and not spec.is_lambda and source.dim() == sel.dim() and source.shape != sel.shape:
@@ -352,7 +368,8 @@ class StepSetter(_StepBase):
             return
         v = self.view(live.writable())
         mask, unit = rows if rows is not None else (None, None)
-        new = call_intervention(self.spec, v, self.step_source(call, fire, unit, v.dim()), self.subspaces, call, live.args)
+        x = v.clone() if torch.is_grad_enabled() else v  # v.copy_ below must not change what autograd saved
+        new = call_intervention(self.spec, x, self.step_source(call, fire, unit, v.dim()), self.subspaces, call, live.args)
         if not isinstance(new, torch.Tensor) or new.shape != v.shape:
             raise ShapeMismatchError(
                 f"{self.spec.key}: the intervention returned "

@@ -53,6 +53,7 @@ from torch import nn
 from ..components import Site, detect_architecture, get_module, resolve_site
 from ..errors import ConfigError, SourceError
 from ..hooks import HookSession
+from ..placement import model_device
 from .cells import CellSites, Patch, PatchFn, patch_function
 from .stepping import LayerStepper
 
@@ -151,7 +152,7 @@ class SweepRunner:
                 "The model is in training mode, so dropout makes every restoration random; call model.eval() first.",
                 stacklevel=3,
             )
-        self.device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        self.device = model_device(model)  # the input device (not meta for an offloaded model)
         self.clean = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in clean.items()}
         self.base = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in base.items()}
         for name, inp in (("clean", self.clean), ("base", self.base)):

@@ -276,6 +276,8 @@ class BoundlessRotatedSpaceIntervention(_Temperature, TrainableIntervention, Dis
     units_sized = True  # its weights span embed_dim = max_number_of_units x the unit size
 
     keep_last_dim_default = True  # pyvene does not flatten it; both layouts work here
+    #: integer positions 0..n-1: kept in float32 when the intervention follows a bf16 model
+    exact_buffers = ("intervention_population",)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
