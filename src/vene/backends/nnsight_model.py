@@ -163,10 +163,10 @@ class IntervenableNdifModel(IntervenableModel):
             fired = [n for counts in result["fired"] for n in counts]
             for op, n in zip(ops, fired):
                 op.fired = n
-            plan.collected.clear()
-            plan.collected.update(result["collected"])
-            plan.full_outputs.clear()
-            plan.full_outputs.update(result["full_outputs"])
+            for mine, got in ((plan.collected, result["collected"]), (plan.full_outputs, result["full_outputs"])):
+                got = dict(got)  # (nnsight's local simulation hands back these very dicts)
+                mine.clear()
+                mine.update(got)
         else:
             result = job.run(self.nnsight_model)
         for ops, what in checks:
