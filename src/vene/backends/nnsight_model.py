@@ -80,6 +80,11 @@ class IntervenableNdifModel(IntervenableModel):
                 f"{type(model).__name__}; use vene.IntervenableModel(config, model) for a PyTorch module."
             )
         _check_remote(remote)
+        if remote and not callable(getattr(type(model), "to_model_key", None)):
+            raise ConfigError(
+                f"remote={remote!r} needs an nnsight model that NDIF can name (nnsight.LanguageModel("
+                f"'<repo id>')), got {type(model).__name__}, which wraps a local module only; use remote=False."
+            )
         if kwargs.get("batch_sources", "auto") is True:
             raise ConfigError(
                 "batch_sources=True (sources and base in one fused batch) is not available through "
@@ -145,10 +150,15 @@ class IntervenableNdifModel(IntervenableModel):
         call = plan
         if self.remote:
             call = dataclasses.replace(plan, keys=[], sources=[])  # what the ops read: no model inputs twice
+            shipped: dict[int, Any] = {}
             for p in passes:
                 for server in p.servers:
                     for op in server.ops:
-                        op.spec = dataclasses.replace(op.spec, module=None)  # the module stays on the server
+                        iv = op.spec.intervention
+                        if id(iv) not in shipped:  # linked keys keep sharing one object
+                            shipped[id(iv)] = _shippable(iv)
+                        # the module stays on the server
+                        op.spec = dataclasses.replace(op.spec, module=None, intervention=shipped[id(iv)])
         job = Job(passes, call)
         if self.remote:
             if torch.is_grad_enabled() and any(p.requires_grad for p in self.interventions.parameters()):
@@ -261,6 +271,29 @@ def _run_remote(model: Any, job: Job, remote: Any) -> dict:
         if not registered:
             cloudpickle.unregister_pickle_by_value(vene)
     return result  # noqa: F821  (bound by nnsight: the session pushes its saved values into this frame)
+
+
+def _shippable(intervention: torch.nn.Module) -> torch.nn.Module:
+    """``intervention`` as it can be pickled into a request: a parametrized submodule (the
+    orthogonal rotations of DAS) cannot be pickled, so a copy carries the current value of each
+    parametrized tensor as a plain one (the same forward; training happens locally)."""
+    from torch.nn.utils import parametrize
+
+    if not any(parametrize.is_parametrized(m) for m in intervention.modules()):
+        return intervention
+    with torch.no_grad():
+        copy = _deepcopy(intervention)
+        for m in list(copy.modules()):
+            if parametrize.is_parametrized(m):
+                for name in list(m.parametrizations.keys()):
+                    parametrize.remove_parametrizations(m, name, leave_parametrized=True)
+    return copy
+
+
+def _deepcopy(module: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    return copy.deepcopy(module)
 
 
 def _is_registered(module: Any) -> bool:
