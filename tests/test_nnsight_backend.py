@@ -51,15 +51,15 @@ def pair(request, gpt2_pair, llama_pair):
     return gpt2_pair if request.param == "gpt2" else llama_pair
 
 
-def _both(config_factory, pair):
+def _both(config_factory, pair, remote=False):
     """The hook backend and the nnsight backend on the same module, each with its own
     intervention objects (built by ``config_factory``, identically seeded)."""
     m, lm = pair
     torch.manual_seed(7)
     hook = pv.IntervenableModel(config_factory(), m)
     torch.manual_seed(7)
-    nns = pv.build_intervenable_model(config_factory(), lm)
-    assert isinstance(nns, pv.IntervenableNdifModel)
+    nns = pv.build_intervenable_model(config_factory(), lm, remote=remote)
+    assert isinstance(nns, pv.IntervenableNdifModel) and nns.remote == remote
     return hook, nns
 
 
@@ -332,11 +332,15 @@ def fake_ndif(monkeypatch, tmp_path):
     import nnsight.modeling.huggingface as hf
     import websocket
 
-    sent: dict = {}
-    socket = _FakeSocket()
+    sent: dict = {"requests": []}
+
+    def connect(*args, **kwargs):
+        sent["socket"] = _FakeSocket()
+        return sent["socket"]
 
     def post(self, request, blob):
-        sent["request"], sent["blob"], sent["headers_key"] = request, blob, self.api_key
+        sent["request"], sent["blob"] = request, blob
+        sent["requests"].append(request)
         (tmp_path / "request").write_bytes(blob)
         r = subprocess.run(
             [sys.executable, str(SERVER), str(tmp_path / "request"), str(tmp_path / "result"), sent["model"],
@@ -345,11 +349,11 @@ def fake_ndif(monkeypatch, tmp_path):
         )
         assert r.returncode == 0, r.stderr
         data = (tmp_path / "result").read_bytes()
-        socket.messages.append(ResponseModel(id="job-1", status=Status.COMPLETED, data=data).pickle())
+        sent["socket"].messages.append(ResponseModel(id="job-1", status=Status.COMPLETED, data=data).pickle())
         return ResponseModel(id="job-1", status=Status.RECEIVED)
 
     monkeypatch.setattr(remote_backend.RemoteBackend, "_post", post)
-    monkeypatch.setattr(websocket, "create_connection", lambda *a, **k: socket)
+    monkeypatch.setattr(websocket, "create_connection", connect)
     monkeypatch.setitem(hf._ID_CACHE, "openai-community/gpt2", "openai-community/gpt2")  # no Hub lookup
     monkeypatch.setattr(nnsight.CONFIG.APP, "REMOTE_LOGGING", False)
     return sent
@@ -362,15 +366,15 @@ def test_remote_request_is_built_and_runs_where_vene_is_not_installed(fake_ndif,
     fake_ndif["model"] = "gpt2"
 
     def cfg():
-        return [{"layer": 1, "component": "block_output"},
+        return [{"layer": 1, "component": "block_output",
+                 "intervention": pv.LowRankRotatedSpaceIntervention(embed_dim=D, low_rank_dimension=2)},
                 {"layer": 0, "component": "mlp_output", "intervention": pv.CollectIntervention()}]
 
-    hook = pv.IntervenableModel(cfg(), m)
-    remote = pv.build_intervenable_model(cfg(), lm, remote=True)
+    hook, remote = _both(cfg, (m, lm), remote=True)
     base, src = tm.ids(2, 6, 1), tm.ids(2, 6, 2)
     ul = {"sources->base": ([[[1, 2]] * 2, None], [[[3, 4]] * 2, [[0]] * 2])}
-    (_, want_c), want = hook(base, [src, None], ul)
     with torch.no_grad():
+        (_, want_c), want = hook(base, [src, None], ul)
         (_, got_c), got = remote(base, [src, None], ul)
 
     request = fake_ndif["request"]
@@ -384,11 +388,29 @@ def test_remote_request_is_built_and_runs_where_vene_is_not_installed(fake_ndif,
         import zstandard
 
         blob = zstandard.ZstdDecompressor().decompress(blob)
-    assert b"SiteServer" in blob and b"VanillaIntervention" in blob  # vene's code travels by value
+    assert b"SiteServer" in blob and b"LowRankRotatedSpaceIntervention" in blob  # vene's code travels by value
     assert b"wte.weight" not in blob and len(blob) < 2_000_000  # the model does not
     # the server's answer is the local answer
-    assert torch.equal(got.logits, want.logits)
+    torch.testing.assert_close(got.logits, want.logits, rtol=0, atol=1e-6)  # the rotation, materialised
     assert len(got_c) == 1 and torch.equal(got_c[0], want_c[0])
+    assert not torch.equal(got.logits, m(**base).logits)
+    # generation with steering, and a collect at every step: one more request
+    def gen_cfg():
+        return [{"layer": 1, "component": "block_output", "intervention_type": pv.AdditionIntervention},
+                {"layer": 1, "component": "mlp_output", "intervention": pv.CollectIntervention()}]
+
+    local, steer = _both(gen_cfg, (m, lm), remote=True)
+    vec = torch.randn(1, 1, D, generator=torch.Generator().manual_seed(2)) * 4
+    kw = dict(max_new_tokens=3, do_sample=False, pad_token_id=0, source_representations=[vec, None],
+              unit_locations={"base": -1}, timesteps="all", return_dict=True)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # e.g. "never acted": the server's counts come back
+        got_g = steer.generate(tm.ids(1, 4, 3), **kw)
+        want_g = local.generate(tm.ids(1, 4, 3), **kw)
+    assert torch.equal(got_g.intervened_outputs, want_g.intervened_outputs)
+    assert got_g.collected_steps == want_g.collected_steps == [0, 1, 2]
+    assert all(torch.equal(a, b) for a, b in zip(got_g.collected_activations, want_g.collected_activations))
+    assert len(fake_ndif["requests"]) == 2
     # and vene's registration for the request was undone
     from cloudpickle.cloudpickle import _PICKLE_BY_VALUE_MODULES
 
@@ -399,8 +421,8 @@ def test_remote_local_simulation(gpt2_pair):
     """nnsight's remote='local': serialize, deserialize with local modules hidden, run here."""
     m, lm = gpt2_pair
     lm.repo_id = "openai-community/gpt2"
-    hook, nns = _both(lambda: {"layer": 2, "component": "mlp_input", "intervention_type": pv.ZeroIntervention}, (m, lm))
-    nns.remote = "local"
+    hook, nns = _both(lambda: {"layer": 2, "component": "mlp_input", "intervention_type": pv.ZeroIntervention}, (m, lm),
+                      remote="local")
     base = tm.ids(1, 5, 2)
     with torch.no_grad():
         assert torch.equal(nns(base, unit_locations={"base": 2})[1].logits, hook(base, unit_locations={"base": 2})[1].logits)

@@ -159,13 +159,15 @@ class Job:
         outputs = []
         for p in self.passes:
             outputs.append(p.run(model, self.call))
-        fired = []
+        states = []  # per op: firings, and what its step strategy counted (generation gates)
         for p in self.passes:
             for server in p.servers:
-                fired.append([op.fired for op in server.ops])
+                for op in server.ops:
+                    record = getattr(op.step, "record", None)
+                    states.append((op.fired, getattr(op.step, "hits", None), None if record is None else list(record)))
         return {
             "outputs": outputs,
             "collected": self.call.collected,
             "full_outputs": self.call.full_outputs,
-            "fired": fired,
+            "states": states,
         }

@@ -170,9 +170,13 @@ class IntervenableNdifModel(IntervenableModel):
                 )
             result = _run_remote(self.nnsight_model, job, self.remote)
             ops = [op for p in passes for server in p.servers for op in server.ops]
-            fired = [n for counts in result["fired"] for n in counts]
-            for op, n in zip(ops, fired):
-                op.fired = n
+            for op, (fired, hits, record) in zip(ops, result["states"]):
+                # the ops ran on the server: bring back what the checks and the results read
+                op.fired = fired
+                if hits is not None:
+                    op.step.hits = hits
+                if record is not None and op.step.record is not None:
+                    op.step.record[:] = record
             for mine, got in ((plan.collected, result["collected"]), (plan.full_outputs, result["full_outputs"])):
                 got = dict(got)  # (nnsight's local simulation hands back these very dicts)
                 mine.clear()
