@@ -16,9 +16,9 @@ import warnings
 from pathlib import Path
 
 import pytest
+import tiny_models as tm
 import torch
 
-import tiny_models as tm
 import vene as pv
 
 nnsight = pytest.importorskip("nnsight")
@@ -292,7 +292,7 @@ def test_import_vene_works_without_nnsight():
         "assert sys.modules['nnsight'] is None\n"
     )
     env_path = [str(Path(__file__).parent), str(Path(pv.__file__).parent.parent)]
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False,
                        env={**_env(), "PYTHONPATH": ":".join(env_path)})
     assert r.returncode == 0, r.stderr
 
@@ -327,10 +327,10 @@ class _FakeSocket:
 def fake_ndif(monkeypatch, tmp_path):
     """Replace nnsight's sending step: the request goes to a fake NDIF server (a subprocess
     without vene) instead of the network; returns what was sent."""
-    from nnsight.intervention.backends import remote as remote_backend
-    from nnsight.schema.response import ResponseModel, Status
     import nnsight.modeling.huggingface as hf
     import websocket
+    from nnsight.intervention.backends import remote as remote_backend
+    from nnsight.schema.response import ResponseModel, Status
 
     sent: dict = {"requests": []}
 
@@ -345,7 +345,7 @@ def fake_ndif(monkeypatch, tmp_path):
         r = subprocess.run(
             [sys.executable, str(SERVER), str(tmp_path / "request"), str(tmp_path / "result"), sent["model"],
              "1" if request.compress else "0"],
-            capture_output=True, text=True, timeout=300, env=_env(),
+            capture_output=True, text=True, timeout=300, env=_env(), check=False,
         )
         assert r.returncode == 0, r.stderr
         data = (tmp_path / "result").read_bytes()
@@ -428,8 +428,8 @@ def test_remote_local_simulation(gpt2_pair):
         assert torch.equal(nns(base, unit_locations={"base": 2})[1].logits, hook(base, unit_locations={"base": 2})[1].logits)
 
 
-def test_remote_training_warns_that_no_gradient_comes_back(monkeypatch, gpt2_pair):
-    m, lm = gpt2_pair
+def test_remote_training_warns_that_no_gradient_comes_back(gpt2_pair):
+    _, lm = gpt2_pair
     nns = pv.build_intervenable_model(
         {"layer": 1, "component": "block_output",
          "intervention": pv.LowRankRotatedSpaceIntervention(embed_dim=D, low_rank_dimension=2)}, lm, remote="local")

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .backends.nnsight_model import INSTALL_HINT, IntervenableNdifModel, is_nnsight_model
+from .backends.nnsight_model import (
+    INSTALL_HINT,
+    IntervenableNdifModel,
+    is_nnsight_model,
+)
 from .errors import ConfigError
 from .model import IntervenableModel
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .. import batching, engine  # noqa: F401  (batching: documented budget lives there)
+from .. import engine
 from ..errors import ConfigError
 from ..model import IntervenableModel, IntervenableModelOutput
 from ..training.guards import check_gradient_checkpointing
@@ -93,7 +93,7 @@ class IntervenableNdifModel(IntervenableModel):
             )
         kwargs["batch_sources"] = False
         module = model._module
-        super(IntervenableNdifModel, self).__init__(config, module, **kwargs)
+        super().__init__(config, module, **kwargs)
         for spec in self._specs.values():
             if spec.site.io == "attn_probs":
                 raise ConfigError(
@@ -106,7 +106,7 @@ class IntervenableNdifModel(IntervenableModel):
         self.remote = remote
 
     def __repr__(self) -> str:
-        text = super(IntervenableNdifModel, self).__repr__()
+        text = super().__repr__()
         return text.replace("IntervenableModel(", f"IntervenableNdifModel(remote={self.remote!r}, ", 1)
 
     __str__ = __repr__
@@ -274,7 +274,7 @@ def _run_remote(model: Any, job: Job, remote: Any) -> dict:
     finally:
         if not registered:
             cloudpickle.unregister_pickle_by_value(vene)
-    return result  # noqa: F821  (bound by nnsight: the session pushes its saved values into this frame)
+    return result  # bound by nnsight: the session pushes its saved values into this frame
 
 
 def _shippable(intervention: torch.nn.Module) -> torch.nn.Module:
