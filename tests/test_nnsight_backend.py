@@ -235,6 +235,28 @@ def test_generation_collects_every_step(gpt2_pair):
     assert torch.equal(got.intervened_outputs, want.intervened_outputs)
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padded_batches_reach_the_model_as_given(side):
+    """nnsight's own input handling re-pads batches and adds position_ids for left padding; the
+    backend hands the model exactly the dict it was given, as the hook backend does."""
+    m = tm.gpt2(lm=True)
+    tok = tm.word_tokenizer()
+    tok.padding_side = side
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", nnsight.NNsightDeprecationWarning)
+        lm = nnsight.LanguageModel(m, tokenizer=tok)
+    base = {"input_ids": torch.tensor([[0, 0, 5, 6, 7], [3, 4, 5, 6, 7]]),
+            "attention_mask": torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])}
+    cfg = {"layer": 1, "component": "mlp_output", "intervention": pv.CollectIntervention()}
+    (_, want_c), want = pv.IntervenableModel(cfg, m)(base)
+    (_, got_c), got = pv.build_intervenable_model(cfg, lm)(base)
+    assert torch.equal(got_c[0], want_c[0]) and torch.equal(got.logits, want.logits)
+    assert torch.equal(got.logits, m(**base).logits)
+    kw = dict(max_new_tokens=2, do_sample=False, pad_token_id=0)
+    assert torch.equal(pv.build_intervenable_model(cfg, lm).generate(base, timesteps="all", **kw)[1],
+                       m.generate(**base, **kw))
+
+
 def test_plain_nnsight_wrapper_works_too(gpt2_pair):
     m, _ = gpt2_pair
     wrapped = nnsight.NNsight(m)

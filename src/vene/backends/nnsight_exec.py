@@ -2,8 +2,9 @@
 
 A planned call (:class:`Job`) is a list of :class:`Pass` es, the same passes the hook backend
 runs (:func:`vene.engine.run_separate`): the source passes, then the base pass (or the
-``generate`` call). A pass is one ``model.trace()`` with one invoke holding the inputs and one
-empty invoke (a whole-batch worker) per hooked ``(module, io)``: each worker serves a
+``generate`` call). A pass is one ``model.trace()`` running :class:`ModelCall` (the module called on the
+inputs exactly as the hook backend calls it), with one data invoke and one empty invoke (a
+whole-batch worker) per hooked ``(module, io)``: each worker serves a
 :class:`SiteServer` at every firing of its module, in whatever order the modules run, so no
 order of sites has to be known in advance. At a firing the server reads the module's inputs
 (and output) from its Envoy, runs the ops of :mod:`vene.ops` exactly as the hook backend's
@@ -118,6 +119,36 @@ class StepServer:
             return
 
 
+class ModelCall:
+    """What a trace runs: the wrapped module called on the call's inputs exactly as the hook
+    backend calls it (``module(**inputs)`` or ``module.generate(**inputs, **kwargs)``), moved to
+    the model's device. nnsight's own input handling (tokenizing, re-padding a batch, adding
+    ``position_ids`` for left padding) is bypassed: the trace's one data invoke holds only a
+    placeholder with the batch's rows, which this call ignores."""
+
+    def __init__(self, model: Any, method: str | None, inputs: dict, kwargs: dict) -> None:
+        self.model = model
+        self.method = method
+        self.inputs = inputs
+        self.kwargs = kwargs
+
+    def __call__(self, *placeholder: Any) -> Any:
+        module = self.model._module
+        device = self.model.device
+        inputs = self.inputs
+        if device is not None:
+            inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        fn = module if self.method is None else getattr(module, self.method)
+        return fn(**inputs, **self.kwargs)
+
+
+def _rows(inputs: dict) -> int:
+    for v in inputs.values():
+        if isinstance(v, torch.Tensor) and v.dim() > 0:
+            return v.shape[0]
+    return 1
+
+
 class Pass:
     """One model call (a forward pass or ``generate``) as one nnsight trace."""
 
@@ -127,7 +158,7 @@ class Pass:
         self.servers = servers
         self.want_output = want_output
         self.grad = grad  # None: keep the caller's grad mode
-        self.fn = fn  # None: the model's forward; "generate": its generate method
+        self.fn = fn  # None: the model's forward (``module(**inputs)``); "generate": its generate method
         self.fn_kwargs = fn_kwargs or {}
 
     def run(self, model: Any, call: Any) -> Any:
@@ -138,8 +169,9 @@ class Pass:
 
     def _trace(self, model: Any, call: Any) -> Any:
         box: dict = {}
-        with model.trace(fn=self.fn, **self.fn_kwargs) as tracer:
-            with tracer.invoke(**self.inputs):
+        placeholder = torch.zeros(_rows(self.inputs), 1)
+        with model.trace(fn=ModelCall(model, self.fn, self.inputs, self.fn_kwargs)) as tracer:
+            with tracer.invoke(placeholder):
                 if self.want_output:
                     box["out"] = tracer.result
             for server in self.servers:
