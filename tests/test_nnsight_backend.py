@@ -279,6 +279,26 @@ def test_module_that_never_runs_raises_like_hook_backend(gpt2_pair):
         pv.build_intervenable_model(cfg, lm)(tm.ids(1, 4))
 
 
+def test_a_failing_call_raises_vene_errors_and_leaves_the_model_as_it_was(gpt2_pair):
+    m, lm = gpt2_pair
+    base, src = tm.ids(1, 5, 1), tm.ids(1, 5, 2)
+    before = m(**base).logits
+
+    def wrong_width(b, s):
+        return b[..., :3]
+
+    bad = pv.build_intervenable_model({"layer": 1, "component": "block_output", "intervention": wrong_width}, lm)
+    with pytest.raises(pv.ShapeMismatchError, match=r"returned shape \(1, 1, 3\)"):
+        bad(base, unit_locations={"base": 2})
+    good = pv.build_intervenable_model({"layer": 1, "component": "block_output"}, lm)
+    with pytest.raises(pv.LocationError, match="source location 9 is out of range"):  # found at the site
+        good(base, [src], {"sources->base": 9})
+    assert torch.equal(m(**base).logits, before)
+    assert not any(mod._forward_hooks or mod._forward_pre_hooks for mod in m.modules())
+    hook = pv.IntervenableModel({"layer": 1, "component": "block_output"}, m)
+    assert torch.equal(good(base, [src], {"sources->base": 2})[1].logits, hook(base, [src], {"sources->base": 2})[1].logits)
+
+
 def test_what_the_nnsight_backend_cannot_do_is_named(gpt2_pair):
     m, lm = gpt2_pair
     with pytest.raises(pv.ConfigError, match="attention_weight.*probe attention.*IntervenableModel"):
@@ -381,10 +401,17 @@ def fake_ndif(monkeypatch, tmp_path):
     return sent
 
 
-def test_remote_request_is_built_and_runs_where_vene_is_not_installed(fake_ndif, gpt2_pair):
+def test_remote_request_is_built_and_runs_where_vene_is_not_installed(fake_ndif, gpt2_pair, tmp_path):
     m, _ = gpt2_pair
-    lm = _language_model(m)
-    lm.repo_id = "openai-community/gpt2"  # what LanguageModel('openai-community/gpt2') would hold
+    # as LanguageModel('openai-community/gpt2') on a laptop: a meta model (no weights) built from the
+    # checkpoint's config; here the tiny GPT-2's config and tokenizer, saved to a folder
+    m.config.save_pretrained(tmp_path / "tiny")
+    tm.word_tokenizer().save_pretrained(tmp_path / "tiny")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", nnsight.NNsightDeprecationWarning)
+        lm = nnsight.LanguageModel(str(tmp_path / "tiny"), tokenizer=tm.word_tokenizer())
+    assert next(lm._module.parameters()).is_meta
+    lm.repo_id = "openai-community/gpt2"  # the Hub id NDIF knows the deployment by
     fake_ndif["model"] = "gpt2"
 
     def cfg():
@@ -433,6 +460,7 @@ def test_remote_request_is_built_and_runs_where_vene_is_not_installed(fake_ndif,
     assert got_g.collected_steps == want_g.collected_steps == [0, 1, 2]
     assert all(torch.equal(a, b) for a, b in zip(got_g.collected_activations, want_g.collected_activations))
     assert len(fake_ndif["requests"]) == 2
+    assert next(lm._module.parameters()).is_meta  # nothing was loaded here
     # and vene's registration for the request was undone
     from cloudpickle.cloudpickle import _PICKLE_BY_VALUE_MODULES
 
