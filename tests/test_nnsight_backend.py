@@ -381,7 +381,7 @@ def fake_ndif(monkeypatch, tmp_path):
         return sent["socket"]
 
     def post(self, request, blob):
-        sent["request"], sent["blob"] = request, blob
+        sent["request"], sent["blob"], sent["api_key"] = request, blob, self.api_key
         sent["requests"].append(request)
         (tmp_path / "request").write_bytes(blob)
         r = subprocess.run(
@@ -398,6 +398,7 @@ def fake_ndif(monkeypatch, tmp_path):
     monkeypatch.setattr(websocket, "create_connection", connect)
     monkeypatch.setitem(hf._ID_CACHE, "openai-community/gpt2", "openai-community/gpt2")  # no Hub lookup
     monkeypatch.setattr(nnsight.CONFIG.APP, "REMOTE_LOGGING", False)
+    monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", "test-api-key")  # as from NDIF_API_KEY / nnsight.login()
     return sent
 
 
@@ -432,6 +433,7 @@ def test_remote_request_is_built_and_runs_where_vene_is_not_installed(fake_ndif,
         '"revision": null, "task": "text-generation"}'
     )
     assert request.session_id == "test-session"
+    assert fake_ndif["api_key"] == "test-api-key"  # sent as the ndif-api-key header
     blob = fake_ndif["blob"]
     if request.compress:
         import zstandard
