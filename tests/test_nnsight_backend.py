@@ -301,8 +301,13 @@ def test_a_failing_call_raises_vene_errors_and_leaves_the_model_as_it_was(gpt2_p
 
 def test_what_the_nnsight_backend_cannot_do_is_named(gpt2_pair):
     m, lm = gpt2_pair
+    fresh = tm.gpt2(lm=True)
+    fresh.train()
+    for p in fresh.parameters():
+        p.requires_grad_(True)
     with pytest.raises(pv.ConfigError, match="attention_weight.*probe attention.*IntervenableModel"):
-        pv.build_intervenable_model({"layer": 0, "component": "attention_weight"}, lm)
+        pv.build_intervenable_model({"layer": 0, "component": "attention_weight"}, nnsight.NNsight(fresh))
+    assert fresh.training and all(p.requires_grad for p in fresh.parameters())  # left as it was
     with pytest.raises(pv.ConfigError, match="batch_sources=True.*separate passes"):
         pv.build_intervenable_model({"layer": 0, "component": "block_output"}, lm, batch_sources=True)
     with pytest.raises(pv.ConfigError, match="needs an nnsight model that NDIF can name"):

@@ -92,8 +92,8 @@ class IntervenableNdifModel(IntervenableModel):
                 "vene.IntervenableModel(config, nnsight_model._module) for the fused hook backend (local only)."
             )
         kwargs["batch_sources"] = False
-        module = model._module
-        super().__init__(config, module, **kwargs)
+        freeze = kwargs.pop("freeze_model", True)
+        super().__init__(config, model._module, freeze_model=False, **kwargs)
         for spec in self._specs.values():
             if spec.site.io == "attn_probs":
                 raise ConfigError(
@@ -104,6 +104,8 @@ class IntervenableNdifModel(IntervenableModel):
                 )
         self.nnsight_model = model
         self.remote = remote
+        if freeze:  # last, as in IntervenableModel: a failing construction leaves the model as it was
+            self.disable_model_gradients()
 
     def __repr__(self) -> str:
         text = super().__repr__()
