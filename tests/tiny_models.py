@@ -142,3 +142,15 @@ def cohere(n_layer: int = 2, hidden: int = 32, heads: int = 4):
         pad_token_id=0,
     )
     return _finish(CohereForCausalLM(cfg))
+
+
+def word_tokenizer():
+    """An offline word-level tokenizer over the tiny vocabulary (``"w5 w17"`` -> ``[5, 17]``), for
+    wrappers that need one (nnsight's ``LanguageModel``)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<unk>": 1, **{f"w{i}": i for i in range(2, VOCAB)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>")

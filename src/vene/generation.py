@@ -353,22 +353,13 @@ def generate(
         record = records.setdefault(s.key, []) if s.is_collect else None
         gates[s.key] = _Gate(s.key, step_predicate(chosen, s.key), counter, loc, level, absolute, pads, prompt_len, record)
 
-    original = None
-    if output_original_output:
-        original = model.generate(**base, **generate_kwargs)
-
-    protected = engine.protected_storages(base, *plan.sources)
     pvm.full_intervention_outputs = plan.full_outputs
-    engine.run_sources(model, plan, protected, pvm.model_has_grad, not any(s.unit == "t" for s in specs))
-    ops = engine.ops_for(plan, {}, {plan.n_groups: None}, steps=gates)
-    handle = model.register_forward_pre_hook(counter, with_kwargs=True)
-    try:
-        with HookSession(model) as session:
-            engine.install(session, model, ops, plan, protected)
-            generated = model.generate(**base, **generate_kwargs)
-    finally:
-        handle.remove()
-    engine.check_fired(ops, "generation")
+    # the execution step: vene's hooks, or another backend's (vene.backends.nnsight_model)
+    run = getattr(pvm, "_run_generation", None)
+    if run is None:
+        original, generated, ops = run_hooked(pvm, plan, gates, counter, base, generate_kwargs, output_original_output)
+    else:
+        original, generated, ops = run(plan, gates, counter, base, generate_kwargs, output_original_output)
     for op in ops:
         if gates[op.spec.key].hits == 0:
             warnings.warn(
@@ -390,6 +381,27 @@ def generate(
     if pvm.return_collect_activations:
         return (original, collected), generated
     return original, generated
+
+
+def run_hooked(pvm: Any, plan: Any, gates: dict, counter: _StepCounter, base: Mapping, generate_kwargs: dict,
+               want_original: bool) -> tuple[Any, Any, list]:
+    """Run a planned ``generate`` call with vene's hooks: the original generation (if wanted),
+    the source passes, then ``model.generate`` with the base ops gated by ``gates``; returns
+    ``(original or None, generated, base ops)``."""
+    model = pvm.model
+    original = model.generate(**base, **generate_kwargs) if want_original else None
+    protected = engine.protected_storages(base, *plan.sources)
+    engine.run_sources(model, plan, protected, pvm.model_has_grad, not any(s.unit == "t" for s in pvm.key_specs))
+    ops = engine.ops_for(plan, {}, {plan.n_groups: None}, steps=gates)
+    handle = model.register_forward_pre_hook(counter, with_kwargs=True)
+    try:
+        with HookSession(model) as session:
+            engine.install(session, model, ops, plan, protected)
+            generated = model.generate(**base, **generate_kwargs)
+    finally:
+        handle.remove()
+    engine.check_fired(ops, "generation")
+    return original, generated, ops
 
 
 def _has_negative(value: Any) -> bool:

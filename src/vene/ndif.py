@@ -1,39 +1,42 @@
-"""pyvene's ``build_intervenable_model`` and ``IntervenableNdifModel`` names.
+"""pyvene's ``build_intervenable_model`` and ``IntervenableNdifModel``.
 
-vene runs interventions on local PyTorch models only; it has no NDIF (nnsight remote execution)
-backend. The names exist so that pyvene code imports, and using the NDIF path raises an error that
-says so.
+``build_intervenable_model(config, model, remote=False)`` returns an
+:class:`~vene.backends.nnsight_model.IntervenableNdifModel` for an nnsight model (``nnsight.
+LanguageModel`` / ``NNsight``; the ``vene[nnsight]`` extra), which runs the configuration through
+nnsight's tracing API -- locally, or on NDIF with ``remote=True`` -- and an
+:class:`~vene.IntervenableModel` (vene's hooks) for any other PyTorch module. Importing this module
+does not import nnsight.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
+from .backends.nnsight_model import (
+    INSTALL_HINT,
+    IntervenableNdifModel,
+    is_nnsight_model,
+)
 from .errors import ConfigError
 from .model import IntervenableModel
 
-_NO_NDIF = (
-    "vene has no NDIF (nnsight remote execution) backend: it intervenes on local PyTorch models. "
-    "Load the model locally (e.g. transformers' AutoModelForCausalLM.from_pretrained) and wrap it "
-    "with vene.IntervenableModel(config, model)."
-)
+__all__ = ["IntervenableNdifModel", "build_intervenable_model"]
 
 
-def _is_nnsight_model(model: Any) -> bool:
-    return any(c.__module__.split(".")[0] == "nnsight" for c in type(model).__mro__)
+def _is_nnsight_model(model: Any) -> bool:  # kept for code that imported the old private name
+    return is_nnsight_model(model)
 
 
-class IntervenableNdifModel(IntervenableModel):
-    """pyvene's NDIF-backed wrapper; constructing it raises :class:`vene.ConfigError` (no NDIF backend)."""
-
-    def __init__(self, config: Any, model: nn.Module, **kwargs: Any) -> None:
-        raise ConfigError(_NO_NDIF)
-
-
-def build_intervenable_model(config: Any, model: Any, **kwargs: Any) -> IntervenableModel:
-    """pyvene's builder: an :class:`IntervenableModel` for a local model. An nnsight model (pyvene's
-    NDIF path) raises :class:`vene.ConfigError`, as does a model that is not an ``nn.Module``."""
-    if _is_nnsight_model(model):
-        raise ConfigError(_NO_NDIF)
+def build_intervenable_model(config: Any, model: Any, remote: Any = False, **kwargs: Any) -> IntervenableModel:
+    """pyvene's builder. An nnsight model gives an :class:`IntervenableNdifModel` (``remote``:
+    False runs locally, True on NDIF, ``"local"`` nnsight's local simulation of a remote run, or
+    an NDIF host URL); any other model an :class:`IntervenableModel`, for which ``remote`` must be
+    False. Other keyword arguments go to the model class."""
+    if is_nnsight_model(model):
+        return IntervenableNdifModel(config, model, remote=remote, **kwargs)
+    if remote:
+        raise ConfigError(
+            f"remote={remote!r} runs the model on NDIF through nnsight, so it needs an nnsight model, got "
+            f"{type(model).__name__}: load it with nnsight.LanguageModel('<repo id>') ({INSTALL_HINT}); "
+            "or leave remote=False to run this module locally with vene's hooks."
+        )
     return IntervenableModel(config, model, **kwargs)

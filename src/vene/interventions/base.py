@@ -48,7 +48,7 @@ class Intervention(nn.Module):
     units_sized: bool = False
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "Intervention":
-        self = super().__new__(cls)
+        self = super(Intervention, cls).__new__(cls)  # explicit: code shipped by value to NDIF has no __class__ cell
         # The outermost constructor call exactly as made, subclass arguments included: saving
         # replays it (vene.serialization). ``init_kwargs`` only sees what reaches this base class.
         self.__dict__["_init_call"] = (args, dict(kwargs))
