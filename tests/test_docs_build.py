@@ -1,0 +1,41 @@
+"""``mkdocs build --strict`` succeeds (any warning fails it: a broken link, a docstring
+mkdocstrings cannot render, a tutorial that does not convert), and the site has the rendered
+tutorials and the API reference."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_mkdocs_build_strict(tmp_path):
+    pytest.importorskip("mkdocs", reason="the docs extra (vene[docs]) is not installed")
+    pytest.importorskip("mkdocstrings")
+    pytest.importorskip("jupytext")
+    site = tmp_path / "site"
+    env = {**os.environ, "VENE_VENV": str(Path(sys.executable).parents[1]), "NO_MKDOCS_2_WARNING": "1"}
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "docs.sh"), "--site-dir", str(site)], cwd=ROOT,
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
+    tutorials = sorted((ROOT / "docs" / "tutorials").glob("[0-9][0-9]_*.py"))
+    assert tutorials
+    for path in tutorials:
+        page = site / "tutorials" / path.stem / "index.html"
+        assert page.exists(), f"{path.name} was not rendered"
+        assert (site / "tutorials" / path.name).exists(), f"{path.name} is not published for download"
+    api = (site / "api" / "model" / "index.html").read_text(encoding="utf-8")
+    assert "IntervenableModel" in api and "unit_locations" in api
+    assert "UnknownKeywordError" in (site / "api" / "errors" / "index.html").read_text(encoding="utf-8")
+
+
+def test_package_ships_py_typed():
+    import tomllib
+
+    assert (ROOT / "src" / "vene" / "py.typed").exists()
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert "py.typed" in meta["tool"]["setuptools"]["package-data"]["vene"]
