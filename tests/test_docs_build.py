@@ -34,8 +34,6 @@ def test_mkdocs_build_strict(tmp_path):
 
 
 def test_package_ships_py_typed():
-    import tomllib
-
     assert (ROOT / "src" / "vene" / "py.typed").exists()
-    meta = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    assert "py.typed" in meta["tool"]["setuptools"]["package-data"]["vene"]
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert '[tool.setuptools.package-data]\nvene = ["py.typed"]' in pyproject
