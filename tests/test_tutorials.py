@@ -22,7 +22,7 @@ TUTORIALS = sorted((ROOT / "docs" / "tutorials").glob("[0-9][0-9]_*.py"))
 
 
 def test_tutorials_exist_and_are_jupytext_percent_notebooks():
-    assert len(TUTORIALS) >= 1, [p.name for p in TUTORIALS]
+    assert len(TUTORIALS) >= 15, [p.name for p in TUTORIALS]
     for path in TUTORIALS:
         text = path.read_text(encoding="utf-8")
         assert re.match(r'^# ---\n# jupyter:\n', text), f"{path.name}: no jupytext header"
