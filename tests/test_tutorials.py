@@ -30,6 +30,20 @@ def test_tutorials_exist_and_are_jupytext_percent_notebooks():
         assert re.search(r"^# %% \[markdown\]\n# # ", text, flags=re.M), f"{path.name}: no title cell"
 
 
+def test_every_tutorial_is_listed_on_the_index_page():
+    index = (ROOT / "docs" / "tutorials" / "index.md").read_text(encoding="utf-8")
+    missing = [p.name for p in TUTORIALS if f"]({p.stem}.md)" not in index]
+    assert not missing, f"docs/tutorials/index.md does not link {missing}"
+
+
+def test_tutorials_open_as_notebooks():
+    jupytext = pytest.importorskip("jupytext", reason="the docs extra (vene[docs]) is not installed")
+    for path in TUTORIALS:
+        nb = jupytext.read(path)
+        kinds = [c.cell_type for c in nb.cells]
+        assert kinds[0] == "markdown" and "code" in kinds, f"{path.name}: cells {kinds[:5]}"
+
+
 @pytest.mark.slow
 @pytest.mark.tutorials
 @pytest.mark.parametrize("path", TUTORIALS, ids=[p.stem for p in TUTORIALS])

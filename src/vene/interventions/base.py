@@ -27,15 +27,14 @@ _SITE_KWARGS = {
     "group_key", "intervention_link_key", "moe_key", "hidden_source_representation", "use_fast",
 }
 
-#: Keywords every built-in intervention accepts: every ``RepresentationConfig`` field (an
-#: ``IntervenableModel`` passes them all to the class it builds, as pyvene does) and the base
-#: class's own options.
 BASE_KWARGS: frozenset[str] = frozenset(_SITE_KWARGS | {
     "low_rank_dimension", "latent_dim", "subspace_partition", "source_representation",
     "embed_dim", "keep_last_dim",
 })
+"""Keywords every built-in intervention accepts: every ``RepresentationConfig`` field (an
+``IntervenableModel`` passes them all to the class it builds, as pyvene does) and the base
+class's own options."""
 
-#: pyvene-only keywords that vene accepts for compatibility, and what becomes of them.
 PYVENE_COMPAT_KWARGS: dict[str, str] = {
     "use_fast": "accepted and unused: vene picks the fast path per call",
     "hidden_source_representation": "marks the intervention source-constant; the source is filled in by loading",
@@ -44,6 +43,7 @@ PYVENE_COMPAT_KWARGS: dict[str, str] = {
     "intervention_link_key": "a RepresentationConfig field; not used by the intervention",
     "moe_key": "a RepresentationConfig field; not used by the intervention",
 }
+"""pyvene-only keywords that vene accepts for compatibility, and what becomes of them."""
 
 
 def accepted_kwargs(cls: type) -> frozenset[str] | None:
