@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import vene as pv
+from vene.config import RepresentationConfig
 from vene.errors import UnknownKeywordError
 from vene.interventions import registered_interventions
 from vene.interventions.base import BASE_KWARGS, PYVENE_COMPAT_KWARGS, accepted_kwargs
-from vene.config import RepresentationConfig
 
 
 def test_misspelt_keyword_is_refused_with_a_suggestion():

@@ -27,7 +27,7 @@ def test_tutorials_exist_and_are_jupytext_percent_notebooks():
         text = path.read_text(encoding="utf-8")
         assert re.match(r'^# ---\n# jupyter:\n', text), f"{path.name}: no jupytext header"
         assert "format_name: percent" in text, f"{path.name}: not in jupytext's percent format"
-        assert re.search(r"^# %% \[markdown\]\n# # ", text, flags=re.M), f"{path.name}: no title cell"
+        assert re.search(r"^# %% \[markdown\]\n# # ", text, flags=re.MULTILINE), f"{path.name}: no title cell"
 
 
 def test_every_tutorial_is_listed_on_the_index_page():
@@ -52,7 +52,7 @@ def test_tutorial_runs(path, tmp_path):
            "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "Agg"}
     start = time.perf_counter()
     r = subprocess.run([sys.executable, str(path)], cwd=tmp_path, capture_output=True, text=True,
-                       env=env, timeout=900)
+                       env=env, timeout=900, check=False)
     took = time.perf_counter() - start
     assert r.returncode == 0, f"{path.name} failed after {took:.1f} s:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
     print(f"{path.name}: {took:.1f} s")

@@ -29,7 +29,7 @@ from vene.models.embedded import load_embedded_model
 model, tok = load_embedded_model()
 prompt = tok("My favourite food is", return_tensors="pt")
 n_prompt = prompt["input_ids"].shape[1]
-gen = dict(max_new_tokens=12, do_sample=False)
+gen = {"max_new_tokens": 12, "do_sample": False}
 
 
 def text(ids):

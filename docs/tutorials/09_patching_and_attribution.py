@@ -27,7 +27,12 @@
 import torch
 
 import vene as pv
-from vene.analysis import activation_patching, attribution_patching, compare_with_patching, logit_diff
+from vene.analysis import (
+    activation_patching,
+    attribution_patching,
+    compare_with_patching,
+    logit_diff,
+)
 from vene.models.embedded import load_embedded_model
 
 model, tok = load_embedded_model()

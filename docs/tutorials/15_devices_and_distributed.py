@@ -93,7 +93,8 @@ print("logits on", out.logits.device)
 # Here we run the same code in a single CPU process with the `gloo` backend.
 
 # %%
-store = tempfile.NamedTemporaryFile(delete=False).name
+store_dir = tempfile.mkdtemp()
+store = os.path.join(store_dir, "rendezvous")
 dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
 try:
     das.set_device("cpu")
@@ -114,7 +115,9 @@ try:
     assert all(p.grad is None for p in lm.parameters())      # the frozen model gets no gradients
 finally:
     dist.destroy_process_group()
-    os.unlink(store)
+    if os.path.exists(store):
+        os.unlink(store)
+    os.rmdir(store_dir)
 
 # %% [markdown]
 # After training, save from one process only (`if dist.get_rank() == 0: das.save(...)`): the
