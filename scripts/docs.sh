@@ -4,6 +4,9 @@
 #   bash scripts/docs.sh                 # build into site/
 #   bash scripts/docs.sh --site-dir DIR  # build elsewhere (the test does this)
 #   bash scripts/docs.sh serve           # a local preview
+#   VENE_DOCS_EXECUTE=1 bash scripts/docs.sh   # also execute the tutorials (nbclient) and show
+#                                        # their printed output on the pages (minutes; CI runs
+#                                        # the tutorials separately, in tests/test_tutorials.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENE_VENV:-.venv}

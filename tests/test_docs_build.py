@@ -37,3 +37,23 @@ def test_package_ships_py_typed():
     assert (ROOT / "src" / "vene" / "py.typed").exists()
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
     assert '[tool.setuptools.package-data]\nvene = ["py.typed"]' in pyproject
+
+
+@pytest.mark.slow
+@pytest.mark.tutorials
+def test_executed_rendering_shows_printed_output(monkeypatch):
+    """``VENE_DOCS_EXECUTE=1``: the hook runs a notebook with nbclient and puts what it printed
+    (stdout only, not warnings) under the cell that printed it."""
+    pytest.importorskip("nbclient", reason="the docs extra (vene[docs]) is not installed")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tutorials_hook", ROOT / "docs" / "_hooks" / "tutorials.py")
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "src"))
+    md = hook._to_markdown(ROOT / "docs" / "tutorials" / "07_recurrent_models.py", execute=True)
+    printed = md.split('print("steps changed:"', 1)[1]
+    assert printed.split("```text\n", 1)[1].startswith("steps changed: [3, 4, 5, 6, 7]\n")
+    assert "TqdmWarning" not in md
+    plain = hook._to_markdown(ROOT / "docs" / "tutorials" / "07_recurrent_models.py", execute=False)
+    assert "```text" not in plain
