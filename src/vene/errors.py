@@ -18,6 +18,11 @@ class ConfigError(VeneError, ValueError):
     """An intervention configuration is malformed."""
 
 
+class UnknownKeywordError(ConfigError, TypeError):
+    """An intervention constructor got a keyword argument it does not know (a misspelling, say).
+    Also a ``TypeError``, which Python raises for unexpected keyword arguments."""
+
+
 class UnknownComponentError(VeneError, KeyError):
     """A component name or module path does not exist on the wrapped model."""
 

@@ -330,7 +330,12 @@ def _filter_kwargs(cls: type, kwargs: dict[str, Any], where: str) -> dict[str, A
     except (TypeError, ValueError):
         return kwargs
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return kwargs
+        from .interventions.base import accepted_kwargs
+
+        allowed = accepted_kwargs(cls)  # None: the class does not check its keywords
+        if allowed is None:
+            return kwargs
+        params = {**params, **dict.fromkeys(allowed)}
     unknown = [k for k in kwargs if k not in params]
     if unknown:
         warnings.warn(f"{where}: {cls.__name__} no longer accepts {unknown}; dropped. Upgrade vene "

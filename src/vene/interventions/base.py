@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError, ShapeMismatchError
+from ..errors import ConfigError, ShapeMismatchError, UnknownKeywordError, did_you_mean
 
 # RepresentationConfig fields and engine-provided kwargs that every intervention built from a
 # config receives; they are not the intervention's own arguments.
@@ -26,6 +26,57 @@ _SITE_KWARGS = {
     "layer", "component", "unit", "max_number_of_units", "intervention_type", "intervention",
     "group_key", "intervention_link_key", "moe_key", "hidden_source_representation", "use_fast",
 }
+
+BASE_KWARGS: frozenset[str] = frozenset(_SITE_KWARGS | {
+    "low_rank_dimension", "latent_dim", "subspace_partition", "source_representation",
+    "embed_dim", "keep_last_dim",
+})
+"""Keywords every built-in intervention accepts: every ``RepresentationConfig`` field (an
+``IntervenableModel`` passes them all to the class it builds, as pyvene does) and the base
+class's own options."""
+
+PYVENE_COMPAT_KWARGS: dict[str, str] = {
+    "use_fast": "accepted and unused: vene picks the fast path per call",
+    "hidden_source_representation": "marks the intervention source-constant; the source is filled in by loading",
+    "noise_leve": "NoiseIntervention only: pyvene's spelling of noise_level",
+    "group_key": "a RepresentationConfig field passed to every intervention; not used by the intervention",
+    "intervention_link_key": "a RepresentationConfig field; not used by the intervention",
+    "moe_key": "a RepresentationConfig field; not used by the intervention",
+}
+"""pyvene-only keywords that vene accepts for compatibility, and what becomes of them."""
+
+
+def accepted_kwargs(cls: type) -> frozenset[str] | None:
+    """The keyword arguments the constructor of intervention class ``cls`` accepts, or ``None``
+    when it does not check them.
+
+    A class checks its keywords when it declares ``accepted_kwargs`` itself (every built-in
+    does): its own names, those of the classes it derives from, and :data:`BASE_KWARGS`. A
+    user subclass that does not declare ``accepted_kwargs`` is not checked, so it can read
+    extra options from ``**kwargs`` as pyvene's custom interventions do.
+    """
+    if "accepted_kwargs" not in cls.__dict__:
+        return None
+    names: set[str] = set(BASE_KWARGS)
+    for klass in cls.__mro__:
+        names.update(klass.__dict__.get("accepted_kwargs", ()))
+    return frozenset(names)
+
+
+def check_kwargs(cls: type, kwargs: dict[str, Any]) -> None:
+    """Raise :class:`~vene.errors.UnknownKeywordError` for a keyword ``cls`` does not accept."""
+    allowed = accepted_kwargs(cls)
+    if allowed is None:
+        return
+    unknown = sorted(k for k in kwargs if k not in allowed)
+    if unknown:
+        bad = unknown[0]
+        own = sorted(allowed - BASE_KWARGS)
+        raise UnknownKeywordError(
+            f"{cls.__name__}() got an unexpected keyword argument {bad!r}.{did_you_mean(bad, allowed)} "
+            f"It accepts {', '.join(own) + ', ' if own else ''}embed_dim, keep_last_dim, "
+            "source_representation, subspace_partition, use_fast and every RepresentationConfig field."
+        )
 
 
 class Intervention(nn.Module):
@@ -35,9 +86,19 @@ class Intervention(nn.Module):
     intervention acts on), ``keep_last_dim`` (receive ``(batch, units, d)`` instead of the
     flattened ``(batch, units*d)``), ``subspace_partition``, ``source_representation`` (a constant
     source; makes the intervention source-constant), ``use_fast`` (accepted, unused: vene decides
-    per call). Unknown keyword arguments are recorded and otherwise ignored, as in pyvene, so user
-    classes can take extra options.
+    per call).
+
+    Keyword checking: the built-in classes refuse a keyword they do not know, with a did-you-mean
+    hint (:class:`~vene.errors.UnknownKeywordError`, also a ``TypeError``). Every
+    ``RepresentationConfig`` field is accepted, because a config passes them all; see
+    :data:`PYVENE_COMPAT_KWARGS` for the pyvene-only ones. Your own subclass is checked only if it
+    declares ``accepted_kwargs = frozenset({...})`` itself; otherwise unknown keywords are
+    recorded and ignored, as in pyvene, so it can take extra options.
     """
+
+    #: keywords this class adds to those of its bases (declaring it turns checking on; see
+    #: :func:`accepted_kwargs`)
+    accepted_kwargs: frozenset[str] = frozenset()
 
     #: receive (batch, units, d) rather than a flattened (batch, units*d)
     keep_last_dim_default: bool = True
@@ -48,6 +109,7 @@ class Intervention(nn.Module):
     units_sized: bool = False
 
     def __new__(cls, *args: Any, **kwargs: Any) -> "Intervention":
+        check_kwargs(cls, kwargs)
         self = super(Intervention, cls).__new__(cls)  # explicit: code shipped by value to NDIF has no __class__ cell
         # The outermost constructor call exactly as made, subclass arguments included: saving
         # replays it (vene.serialization). ``init_kwargs`` only sees what reaches this base class.
@@ -132,6 +194,8 @@ class DistributedRepresentationIntervention(nn.Module):
 class TrainableIntervention(Intervention):
     """An intervention with parameters learned by gradient descent."""
 
+    accepted_kwargs = frozenset()
+
     keep_last_dim_default = False
 
     def __init__(self, **kwargs: Any) -> None:
@@ -147,6 +211,8 @@ class TrainableIntervention(Intervention):
 class ConstantSourceIntervention(Intervention):
     """An intervention that needs no source run (it has a constant source, or none)."""
 
+    accepted_kwargs = frozenset()
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.is_source_constant = True
@@ -154,6 +220,8 @@ class ConstantSourceIntervention(Intervention):
 
 class SourcelessIntervention(Intervention):
     """An intervention computed from the base alone."""
+
+    accepted_kwargs = frozenset()
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -163,11 +231,15 @@ class SourcelessIntervention(Intervention):
 class BasisAgnosticIntervention(Intervention):
     """Marker: works in any basis."""
 
+    accepted_kwargs = frozenset()
+
     basis_agnostic = True
 
 
 class SharedWeightsTrainableIntervention(TrainableIntervention):
     """Marker: trainable with weights shared across sites."""
+
+    accepted_kwargs = frozenset()
 
     shared_weights = True
 
@@ -186,6 +258,8 @@ class InterventionOutput:
 
 class LambdaIntervention(Intervention):
     """Wraps a plain function ``f(base, source)`` or ``f(base, source, subspaces)``."""
+
+    accepted_kwargs = frozenset({"fn"})
 
     def __init__(self, fn: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -61,6 +61,8 @@ def _source(intervention: Intervention, base: torch.Tensor, source: torch.Tensor
 class VanillaIntervention(LocalistRepresentationIntervention, Intervention):
     """Interchange: the selected features of the base take the source's values."""
 
+    accepted_kwargs = frozenset()
+
     def __init__(self, **kwargs: Any) -> None:
         Intervention.__init__(self, **kwargs)
 
@@ -72,6 +74,8 @@ class VanillaIntervention(LocalistRepresentationIntervention, Intervention):
 
 class AdditionIntervention(LocalistRepresentationIntervention, BasisAgnosticIntervention):
     """Adds the source to the selected features of the base."""
+
+    accepted_kwargs = frozenset()
 
     def __init__(self, **kwargs: Any) -> None:
         Intervention.__init__(self, **kwargs)
@@ -85,6 +89,8 @@ class AdditionIntervention(LocalistRepresentationIntervention, BasisAgnosticInte
 class SubtractionIntervention(LocalistRepresentationIntervention, BasisAgnosticIntervention):
     """Subtracts the source from the selected features of the base."""
 
+    accepted_kwargs = frozenset()
+
     def __init__(self, **kwargs: Any) -> None:
         Intervention.__init__(self, **kwargs)
 
@@ -96,6 +102,8 @@ class SubtractionIntervention(LocalistRepresentationIntervention, BasisAgnosticI
 
 class ZeroIntervention(LocalistRepresentationIntervention, ConstantSourceIntervention):
     """Sets the selected features to zero."""
+
+    accepted_kwargs = frozenset()
 
     def __init__(self, **kwargs: Any) -> None:
         ConstantSourceIntervention.__init__(self, **kwargs)
@@ -110,6 +118,8 @@ class CollectIntervention(ConstantSourceIntervention):
 
     The engine stores what it returns and hands it back as ``collected_activations``.
     """
+
+    accepted_kwargs = frozenset()
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -131,6 +141,8 @@ class SkipIntervention(VanillaIntervention, BasisAgnosticIntervention):
     the interchange of :class:`VanillaIntervention`; only where the source is read differs.
     """
 
+    accepted_kwargs = frozenset()
+
     source_from_input = True
 
 
@@ -142,6 +154,8 @@ class NoiseIntervention(LocalistRepresentationIntervention, ConstantSourceInterv
     ``noise_level`` is not given), ``seed`` (default 1): the same noise is drawn on every call, for
     any number of positions. ``noise_leve`` (pyvene's spelling) is accepted.
     """
+
+    accepted_kwargs = frozenset({"noise_level", "noise_leve", "noise_scale", "seed", "embedding_std"})
 
     def __init__(self, **kwargs: Any) -> None:
         if "noise_leve" in kwargs and "noise_level" not in kwargs:

@@ -222,6 +222,8 @@ def _rotated_interchange(iv: Any, base: torch.Tensor, source: Any, subspaces: An
 class RotatedSpaceIntervention(TrainableIntervention, DistributedRepresentationIntervention):
     """Distributed alignment search: interchange in a learned orthogonal basis ``R`` ``(n, n)``."""
 
+    accepted_kwargs = frozenset()
+
     units_sized = True  # its weights span embed_dim = max_number_of_units x the unit size
 
     def __init__(self, **kwargs: Any) -> None:
@@ -239,6 +241,8 @@ class LowRankRotatedSpaceIntervention(TrainableIntervention, DistributedRepresen
 
     Subspaces (and partitions) index the ``r`` directions.
     """
+
+    accepted_kwargs = frozenset()
 
     units_sized = True  # its weights span embed_dim = max_number_of_units x the unit size
 
@@ -272,6 +276,8 @@ class BoundlessRotatedSpaceIntervention(_Temperature, TrainableIntervention, Dis
     """Boundless DAS: a rotation plus a learned boundary ``β`` selecting the first ``βn`` rotated
     dimensions through a soft mask annealed by ``temperature``. Subspaces, when given, further
     restrict the mask."""
+
+    accepted_kwargs = frozenset()
 
     units_sized = True  # its weights span embed_dim = max_number_of_units x the unit size
 
@@ -310,6 +316,8 @@ class BoundlessRotatedSpaceIntervention(_Temperature, TrainableIntervention, Dis
 class SigmoidMaskRotatedSpaceIntervention(_Temperature, TrainableIntervention, DistributedRepresentationIntervention):
     """A rotation plus a learned per-dimension soft mask ``σ(masks / T)`` over rotated dimensions."""
 
+    accepted_kwargs = frozenset()
+
     units_sized = True  # its weights span embed_dim = max_number_of_units x the unit size
 
     def __init__(self, **kwargs: Any) -> None:
@@ -332,6 +340,8 @@ class SigmoidMaskIntervention(_Temperature, TrainableIntervention, LocalistRepre
 
     The temperature reaches the mask's gradient (pyvene detached it).
     """
+
+    accepted_kwargs = frozenset()
 
     units_sized = True  # its weights span embed_dim = max_number_of_units x the unit size
 
@@ -366,6 +376,8 @@ class PCARotatedSpaceIntervention(BasisAgnosticIntervention, DistributedRepresen
     or 0) and ``pca_std`` (default 1) standardise the input first. ``n_components`` alone builds an
     empty intervention to load weights into. Subspaces index the ``k`` components.
     """
+
+    accepted_kwargs = frozenset({"pca", "pca_components", "pca_mean", "pca_std", "n_components"})
 
     units_sized = True  # its weights span embed_dim = max_number_of_units x the unit size
 
@@ -447,6 +459,8 @@ class AutoencoderIntervention(TrainableIntervention):
     indices, as in pyvene). ``preserve_error`` (default True) keeps the reconstruction error.
     """
 
+    accepted_kwargs = frozenset({"preserve_error"})
+
     units_sized = True  # its weights span embed_dim = max_number_of_units x the unit size
 
     def __init__(self, **kwargs: Any) -> None:
@@ -488,6 +502,8 @@ class JumpReLUAutoencoderIntervention(TrainableIntervention):
     with ``load_state_dict``; the default initialisation (decoder rows of norm 1, encoder = decoder
     transposed, zero thresholds) makes a freshly built one trainable. Subspaces index latents.
     """
+
+    accepted_kwargs = frozenset({"preserve_error"})
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs["keep_last_dim"] = True
@@ -552,6 +568,8 @@ class LoRAIntervention(TrainableIntervention):
     (inferred from the module when built from a config), ``lora_alpha`` (default r),
     ``lora_dropout`` (default 0). Subspaces restrict which output features change.
     """
+
+    accepted_kwargs = frozenset({"lora_alpha", "lora_dropout", "input_dim"})
 
     uses_module_input = True
 
