@@ -299,7 +299,8 @@ def generate(
     # Base locations are kept aside (they may be negative / absolute); the plan sees placeholders.
     base_raw: list = [None] * len(keys)
     planned = unit_locations
-    if pvm.mode == "parallel" and isinstance(unit_locations, dict) and set(unit_locations) <= {"sources->base", "base"} and len(unit_locations) == 1:
+    if (pvm.mode == "parallel" and isinstance(unit_locations, dict) and set(unit_locations) <= {"sources->base", "base"}
+            and len(unit_locations) == 1):
         batch = batch_size(base, "base")
         under_base = "base" in unit_locations
         src, bse = expand_shorthand(next(iter(unit_locations.values())), len(keys), batch, under_base)
@@ -317,9 +318,11 @@ def generate(
                 n_src, src_pads = _length_and_pads(group_src, f"source {s.group}", absolute)
                 entry = _resolve_source(entry, level, n_src, src_pads, absolute, s.key)
             fixed.append(_clip(entry))
-        planned = {"sources->base": (fixed if any(e is not None for e in fixed) else None, [_clip(e) for e in base_raw] if bse is not None else None)}
+        planned = {"sources->base": (fixed if any(e is not None for e in fixed) else None,
+                                     [_clip(e) for e in base_raw] if bse is not None else None)}
     elif absolute or _has_negative(unit_locations):
-        raise LocationError("Negative or absolute positions in generate() need parallel-mode unit_locations with 'sources->base' or 'base'.")
+        raise LocationError("Negative or absolute positions in generate() need parallel-mode unit_locations "
+                            "with 'sources->base' or 'base'.")
     plan = pvm.plan_call(base, sources, planned, source_representations, subspaces, intervention_additional_kwargs)
     batch = plan.batch
 

@@ -11,8 +11,8 @@ with one entry per intervention (in key order); an entry is ``None`` (skip / who
 Shorthands: an int ``k`` (that unit in every example, on both sides); a pair of ints ``(a, b)``
 (source unit ``a`` into base unit ``b``, as in pyvene); ``(None, b)`` / ``(a, None)``; a flat list
 of ints (those units, both sides); ``[batch][units]`` (one intervention's worth) is shared by every
-intervention. Under ``"base"`` a flat list of ints always means units (never a pair). Serial mode uses ``"source_i->source_{i+1}"`` ... ``"source_{n-1}->base"``; each entry lists
-the interventions of group ``i``.
+intervention. Under ``"base"`` a flat list of ints always means units (never a pair). Serial mode uses
+``"source_i->source_{i+1}"`` ... ``"source_{n-1}->base"``; each entry lists the interventions of group ``i``.
 """
 from __future__ import annotations
 

@@ -245,7 +245,8 @@ def _replacement_values(kind: str, emb: nn.Module, ids: torch.Tensor, subj_pos: 
         return (target - here).expand(samples, -1, -1).contiguous()
 
 
-def _noise_values(noise: Any, samples: int, n_pos: int, d: int, std: float | None, seed: int, dtype, device) -> tuple[torch.Tensor, float | None]:
+def _noise_values(noise: Any, samples: int, n_pos: int, d: int, std: float | None, seed: int, dtype,
+                  device) -> tuple[torch.Tensor, float | None]:
     if isinstance(noise, torch.Tensor):
         values = noise.detach()
         if values.dim() == 2:
@@ -401,7 +402,8 @@ def causal_trace(
             raise ConfigError(f"noise= sets the Gaussian noise of corruption='noise'; corruption={corruption!r} adds none.")
         deterministic = corruption in ("zero", "mean")
         if deterministic and samples not in (None, 1):
-            raise ConfigError(f"corruption={corruption!r} is deterministic: every sample would be the same; pass samples=1 or leave it out.")
+            raise ConfigError(f"corruption={corruption!r} is deterministic: every sample would be the same; "
+                              "pass samples=1 or leave it out.")
         samples = 1 if deterministic else (10 if samples is None else int(samples))
         std = None
         values = _replacement_values(corruption, emb, ids.to(emb.weight.device), subj_pos, samples, seed)
@@ -444,7 +446,8 @@ def causal_trace(
     vocab = runner.clean_logits.shape[-1]
     if not 0 <= ans < vocab:
         raise ConfigError(f"answer token id {ans} is outside the vocabulary (size {vocab}).")
-    answer_text = tokenizer.decode([ans]) if tokenizer is not None and not isinstance(answer, str) else (answer if isinstance(answer, str) else str(ans))
+    answer_text = (tokenizer.decode([ans]) if tokenizer is not None and not isinstance(answer, str)
+                   else (answer if isinstance(answer, str) else str(ans)))
     rank, msg = answer_rank_warning(tokenizer, runner.clean_logits[0], ans, answer)
     if msg:
         found.append(msg)

@@ -300,7 +300,8 @@ class PatchingResult:
             "layers": list(self.layers), "positions": list(self.positions),
             "heads": {c: list(h) for c, h in self.heads.items()},
             "clean_metric": self.clean_metric, "corrupted_metric": self.corrupted_metric, "complete": self.complete,
-            "strategy": self.extra.get("strategy"), "fallback_reason": self.extra.get("fallback_reason"), "provenance": dict(self.provenance),
+            "strategy": self.extra.get("strategy"), "fallback_reason": self.extra.get("fallback_reason"),
+            "provenance": dict(self.provenance),
             "scores": {c: _grid_to_json(g) for c, g in self.scores.items()},
         }
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
@@ -282,7 +282,8 @@ def resolve_site(model: nn.Module, component: str, layer: int = 0, moe_key: Any 
         msg += " vene found no layer stack with attention or a mixer; register a table in vene.type_to_module_mapping."
     if len(stacks) > 1:
         others = ", ".join(f"{s.name!r} ({s.path})" for i, s in enumerate(stacks) if s is not stack)
-        msg += f" Other stacks: {others}; address them as '<stack>.<component>', e.g. '{[s for s in stacks if s is not stack][0].name}.block_output'."
+        other = [s for s in stacks if s is not stack][0].name
+        msg += f" Other stacks: {others}; address them as '<stack>.<component>', e.g. '{other}.block_output'."
     msg += f" Or pass a module path such as {_example_path(model, stack)!r} (ending in .input or .output)."
     raise UnknownComponentError(msg)
 

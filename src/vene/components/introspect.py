@@ -377,7 +377,7 @@ def block_anatomy(block: nn.Module, stack: Stack | None = None) -> Anatomy:
         an.hidden = _in_out(getattr(block.get_submodule(mixer), "out_proj", nn.Identity()))[1]
     # MLP: a named submodule, else fc1..fc2 on the block, else BERT's intermediate/output
     mlp_path = None
-    for name, mod in block.named_modules():
+    for name, _mod in block.named_modules():
         if name and name.rsplit(".", 1)[-1] in MLP_NAMES:
             mlp_path = name
             break

@@ -31,7 +31,8 @@ from .introspect import Anatomy, Attention, Stack
 #: probabilities to a module we can hook (class name -> child module receiving them as input)
 
 
-_OPT_FLAT = "OPT flattens (batch, seq) into one axis around its MLP, so no position can be addressed there; use block_output or a module path with unit 't'"
+_OPT_FLAT = ("OPT flattens (batch, seq) into one axis around its MLP, so no position can be addressed there; "
+             "use block_output or a module path with unit 't'")
 #: what introspection cannot see: block class -> {component: reason it has no such tensor}
 BLOCK_OVERRIDES: dict[str, dict[str, str]] = {
     "OPTDecoderLayer": {c: _OPT_FLAT for c in ("mlp_input", "mlp_output", "mlp_activation")},
