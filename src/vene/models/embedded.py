@@ -225,7 +225,7 @@ def _convert(source: Path, target: Path) -> None:
         quantizer.remove_quantization_config(model)
     else:
         if hasattr(model, "hf_quantizer"):
-            setattr(model, "hf_quantizer", None)  # nn.Module's attribute typing has no None
+            model.hf_quantizer = None  # type: ignore[assignment]  # torch types Module attributes as Tensor | Module
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
     packed = sorted(

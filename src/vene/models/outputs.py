@@ -128,8 +128,8 @@ def _tuple_getitem(self: tuple, key: Any) -> Any:
     return tuple.__getitem__(self, key)
 
 
-def _tuple_getattr(self: tuple, name: str) -> Any:
-    if name in getattr(type(self), "_declared"):  # set by output_tuple's type(...)
+def _tuple_getattr(self: Any, name: str) -> Any:  # self: a tuple class made by output_tuple
+    if name in type(self)._declared:
         return None  # a declared field that was None (not part of the tuple)
     raise AttributeError(f"{type(self).__name__} has no field {name!r}")
 
