@@ -218,11 +218,12 @@ class _Gate:
         return got
 
     def _step_loc(self, step: int, view: torch.Tensor) -> Any:
-        n = view.shape[self.level]
+        gate_loc, level, pos = self.loc, self.level, self.pos
+        assert gate_loc is not None and level is not None and pos is not None  # a dynamic gate has all three
+        n = view.shape[level]
         ckey = (n, step if self.absolute else None, view.device)
         if ckey in self._cache:
             return self._cache[ckey]
-        pos = self.pos
         if self.absolute:
             start = self.prompt_len + step - n  # first sequence column this step computes
             col = torch.where(pos < 0, pos + n, pos + self.pads.unsqueeze(1) - start)
@@ -239,14 +240,14 @@ class _Gate:
             out = None
         else:
             col = col.clamp(0, n - 1).to(view.device)
-            if self.level == 1:
+            if level == 1:
                 loc = Loc(col, None, n - 1, 0)
             else:
-                loc = Loc(self.loc.idx.to(view.device), col, self.loc.max1, n - 1)
+                loc = Loc(gate_loc.idx.to(view.device), col, gate_loc.max1, n - 1)
             mask = None
             if valid is not None and not bool(valid.all()):
                 mask = valid.to(view.device)
-                mask = mask if self.level == 1 else mask.unsqueeze(1)
+                mask = mask if level == 1 else mask.unsqueeze(1)
             out = (loc, mask)
         if len(self._cache) < 64:
             self._cache[ckey] = out
