@@ -108,6 +108,7 @@ def path_patching(
     B, seq = base_in["input_ids"].shape
     n = n_layers_of(model)
     n_heads = resolve_site(model, "head_attention_value_output", 0).n_heads
+    assert n_heads is not None  # a head component's site knows its number of heads
     pairs = [(l, h) for l in range(n) for h in range(n_heads)] if senders is None else [(int(l) % n, int(h)) for l, h in senders]
     for _l, h in pairs:
         if not 0 <= h < n_heads:
@@ -118,9 +119,9 @@ def path_patching(
     if recv is not None:
         if not recv:
             raise ConfigError("receivers is empty; pass None for the direct path to the logits.")
-        for c, l, h in recv:
+        for c, l, rh in recv:
             site = resolve_site(model, c, l)
-            if (h is not None) != site.head_layout:
+            if (rh is not None) != site.head_layout:
                 raise ConfigError(f"receiver {c!r} {'needs' if site.head_layout else 'takes no'} head index.")
         for l, _h in pairs:
             if any(rl <= l for _, rl, _ in recv):
@@ -150,7 +151,7 @@ def path_patching(
         for h in heads:
             z = src_heads["head_attention_value_output", layer][:, h: h + 1, pos]  # (B, 1, P, head_dim)
             locs = [_heads_locs(h, pos, B)] + [_pos_locs(list(range(seq)), B)] * len(restoring)
-            reps = [z] + frozen_reps
+            reps: list[torch.Tensor | None] = [z, *frozen_reps]
             if recv is not None:
                 locs += [_heads_locs(rh, rpos, B) if rh is not None else _pos_locs(rpos, B) for _, _, rh in recv]
                 reps += [None] * len(recv)

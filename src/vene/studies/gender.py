@@ -109,6 +109,7 @@ class DASBatch:
 
     def _restore_prefix(self) -> None:
         """Drop the step's keys/values and cut the prefix loose from the step's graph."""
+        assert self.past is not None  # only called when there is a prefix cache
         self.past.crop(-(self.ids.shape[1] - self.pos))
         for layer in getattr(self.past, "layers", []):
             for name in ("keys", "values"):

@@ -87,7 +87,7 @@ def select_names(model: nn.Module, tok: Any, k: int, rng: random.Random) -> tupl
     score: dict[str, float] = {}
     for (io, _, _), d in zip(prompts, diff.tolist()):
         score[io] = score.get(io, 0.0) + d / 2
-    ranked = sorted(score, key=score.get, reverse=True)
+    ranked = sorted(score, key=score.__getitem__, reverse=True)
     return ranked[:k], score
 
 

@@ -37,7 +37,6 @@ from collections.abc import Mapping
 from typing import Any, Callable, Iterable, Protocol
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
