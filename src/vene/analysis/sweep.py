@@ -194,6 +194,8 @@ class SweepRunner:
                 "the model has no list of layers" if self.layers is None
                 else "some sites are not inside the model's layers"
             )
+        #: the layer stepper, made by record() (kept only when stepping)
+        self.stepper: LayerStepper | None = None
         self.recorded = False
 
     # -- setup ---------------------------------------------------------------------------------
@@ -223,7 +225,8 @@ class SweepRunner:
 
     @property
     def mode(self) -> str:
-        """How the sweep runs: "step+prefix", "step" or "forward" (see the module docstring)."""
+        """How the sweep runs: "step+prefix", "step" or "forward" (see the module docstring). Before
+        the recording pass: the planned mode ("step" or "forward"), which the pass may lower."""
         if not self.stepping:
             return "forward"
         return "step+prefix" if self.stepper is not None and self.stepper.trim else "step"
