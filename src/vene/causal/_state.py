@@ -27,6 +27,8 @@ class CausalModelState:
     end_time: int
     pos: Dict[Any, tuple]
     _user_equiv: Dict[Any, dict]
+    input_function: Optional[Callable[[Mapping], Any]]
+    output_function: Optional[Callable[[Mapping], Any]]
 
     if TYPE_CHECKING:
         def _check_keys(self, setting: Mapping, what: str) -> None: ...
