@@ -53,6 +53,7 @@ import torch
 
 from . import engine
 from .errors import ConfigError, LocationError, SourceError
+from .types import Inputs, Sources, Subspaces, UnitLocations
 from .hooks import HookSession
 from .locations import Loc, build_loc, expand_shorthand, int_rows, per_intervention
 from .plan import batch_size
@@ -259,12 +260,12 @@ class _Gate:
 
 def generate(
     intervenable: Any,
-    base: Any,
-    sources: Any = None,
-    unit_locations: Any = None,
+    base: Inputs,
+    sources: Sources = None,
+    unit_locations: UnitLocations = None,
     source_representations: Any = None,
     intervene_on_prompt: bool = False,
-    subspaces: Any = None,
+    subspaces: Subspaces = None,
     output_original_output: bool = False,
     intervention_additional_kwargs: dict | None = None,
     *,
