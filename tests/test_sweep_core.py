@@ -125,3 +125,18 @@ def test_a_middle_layer_that_cannot_be_cut_to_a_suffix(llama_lm):
         torch.testing.assert_close(res.scores["block_output"], want, atol=ATOL, rtol=0)
     finally:
         handle.remove()
+
+
+def test_runner_mode_before_recording_is_the_planned_one(llama_lm):
+    # SweepRunner.mode read before the recording pass used to raise AttributeError (no stepper yet)
+    from vene.analysis.sweep import SweepRunner
+
+    clean, corr = _inputs()
+    sites = [("block_output", l) for l in range(4)]
+    runner = SweepRunner(llama_lm, {"input_ids": clean[:1]}, {"input_ids": corr[:1]}, sites, progress=False)
+    assert runner.mode == "step"
+    forward = SweepRunner(llama_lm, {"input_ids": clean[:1]}, {"input_ids": corr[:1]}, sites, progress=False,
+                          strategy="forward")
+    assert forward.mode == "forward"
+    runner.record()
+    assert runner.mode == "step+prefix"

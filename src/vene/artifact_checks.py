@@ -109,7 +109,8 @@ def check_source_width(iv: nn.Module, key: str, site_dim: int | None, src: Any =
     src = getattr(iv, "source_representation", None) if src is None else src
     if not isinstance(src, torch.Tensor) or site_dim is None:
         return
-    widths = {site_dim} | ({int(iv.embed_dim)} if getattr(iv, "embed_dim", None) is not None else set())
+    embed_dim = getattr(iv, "embed_dim", None)
+    widths = {site_dim} | ({int(embed_dim)} if embed_dim is not None else set())
     if src.dim() == 0 or src.shape[-1] not in widths:
         raise CorruptArtifactError(
             f"{key}: the saved constant source has shape {tuple(src.shape)}, but the site's features are "

@@ -305,11 +305,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         from .errors import VeneError
 
+        model_errors: tuple[type[BaseException], ...] = ()
         try:
             from .models.embedded import EmbeddedModelNotInstalledError, ModelNotAvailableError
+
+            model_errors = (ModelNotAvailableError, EmbeddedModelNotInstalledError)
         except ModuleNotFoundError:  # pragma: no cover - torch missing
-            EmbeddedModelNotInstalledError = ModelNotAvailableError = ()  # type: ignore[assignment]
-        if isinstance(err, (VeneError, ModelNotAvailableError, EmbeddedModelNotInstalledError)):
+            pass
+        if isinstance(err, (VeneError, *model_errors)):
             print(f"vene {command}: error: {_cli_words(str(err))}", file=sys.stderr)
             return 2
         raise

@@ -153,7 +153,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
     if not args.no_plot:
         _need("matplotlib", "viz", "the trace figure (use --no-plot to skip it)")
     _need("transformers", "hf", "loading a model")
-    trace_parser = build_parser()._subparsers._group_actions[0].choices["trace"]  # type: ignore[union-attr]
+    trace_parser = build_parser()._subparsers._group_actions[0].choices["trace"]  # type: ignore[union-attr, index]  # typeshed: _subparsers / Action.choices are Optional
     defaults = {a.dest: a.default for a in trace_parser._actions}
     prev = _resume_state(args, defaults) if args.resume else None
     out = _out_dir(args.out)

@@ -53,6 +53,7 @@ import torch
 
 from . import engine
 from .errors import ConfigError, LocationError, SourceError
+from .types import Inputs, Sources, Subspaces, UnitLocations
 from .hooks import HookSession
 from .locations import Loc, build_loc, expand_shorthand, int_rows, per_intervention
 from .plan import batch_size
@@ -218,11 +219,12 @@ class _Gate:
         return got
 
     def _step_loc(self, step: int, view: torch.Tensor) -> Any:
-        n = view.shape[self.level]
+        gate_loc, level, pos = self.loc, self.level, self.pos
+        assert gate_loc is not None and level is not None and pos is not None  # a dynamic gate has all three
+        n = view.shape[level]
         ckey = (n, step if self.absolute else None, view.device)
         if ckey in self._cache:
             return self._cache[ckey]
-        pos = self.pos
         if self.absolute:
             start = self.prompt_len + step - n  # first sequence column this step computes
             col = torch.where(pos < 0, pos + n, pos + self.pads.unsqueeze(1) - start)
@@ -239,14 +241,14 @@ class _Gate:
             out = None
         else:
             col = col.clamp(0, n - 1).to(view.device)
-            if self.level == 1:
+            if level == 1:
                 loc = Loc(col, None, n - 1, 0)
             else:
-                loc = Loc(self.loc.idx.to(view.device), col, self.loc.max1, n - 1)
+                loc = Loc(gate_loc.idx.to(view.device), col, gate_loc.max1, n - 1)
             mask = None
             if valid is not None and not bool(valid.all()):
                 mask = valid.to(view.device)
-                mask = mask if self.level == 1 else mask.unsqueeze(1)
+                mask = mask if level == 1 else mask.unsqueeze(1)
             out = (loc, mask)
         if len(self._cache) < 64:
             self._cache[ckey] = out
@@ -258,12 +260,12 @@ class _Gate:
 
 def generate(
     intervenable: Any,
-    base: Any,
-    sources: Any = None,
-    unit_locations: Any = None,
+    base: Inputs,
+    sources: Sources = None,
+    unit_locations: UnitLocations = None,
     source_representations: Any = None,
     intervene_on_prompt: bool = False,
-    subspaces: Any = None,
+    subspaces: Subspaces = None,
     output_original_output: bool = False,
     intervention_additional_kwargs: dict | None = None,
     *,
@@ -299,7 +301,8 @@ def generate(
     # Base locations are kept aside (they may be negative / absolute); the plan sees placeholders.
     base_raw: list = [None] * len(keys)
     planned = unit_locations
-    if pvm.mode == "parallel" and isinstance(unit_locations, dict) and set(unit_locations) <= {"sources->base", "base"} and len(unit_locations) == 1:
+    if (pvm.mode == "parallel" and isinstance(unit_locations, dict) and set(unit_locations) <= {"sources->base", "base"}
+            and len(unit_locations) == 1):
         batch = batch_size(base, "base")
         under_base = "base" in unit_locations
         src, bse = expand_shorthand(next(iter(unit_locations.values())), len(keys), batch, under_base)
@@ -317,9 +320,11 @@ def generate(
                 n_src, src_pads = _length_and_pads(group_src, f"source {s.group}", absolute)
                 entry = _resolve_source(entry, level, n_src, src_pads, absolute, s.key)
             fixed.append(_clip(entry))
-        planned = {"sources->base": (fixed if any(e is not None for e in fixed) else None, [_clip(e) for e in base_raw] if bse is not None else None)}
+        planned = {"sources->base": (fixed if any(e is not None for e in fixed) else None,
+                                     [_clip(e) for e in base_raw] if bse is not None else None)}
     elif absolute or _has_negative(unit_locations):
-        raise LocationError("Negative or absolute positions in generate() need parallel-mode unit_locations with 'sources->base' or 'base'.")
+        raise LocationError("Negative or absolute positions in generate() need parallel-mode unit_locations "
+                            "with 'sources->base' or 'base'.")
     plan = pvm.plan_call(base, sources, planned, source_representations, subspaces, intervention_additional_kwargs)
     batch = plan.batch
 

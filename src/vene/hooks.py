@@ -21,9 +21,9 @@ from .errors import ConfigError
 # tensor access inside hooks
 
 
-def first_tensor(value: Any) -> tuple[torch.Tensor | None, Callable[[torch.Tensor], Any]]:
+def first_tensor(value: Any) -> tuple[torch.Tensor | None, Callable[[Any], Any]]:
     """Find the main tensor of a module output/input; return it and a function rebuilding the
-    container with a replacement tensor."""
+    container with a replacement tensor (or any placeholder object) in its place."""
     if isinstance(value, torch.Tensor):
         return value, lambda t: t
     if isinstance(value, tuple) and value:
@@ -49,7 +49,7 @@ def first_tensor(value: Any) -> tuple[torch.Tensor | None, Callable[[torch.Tenso
 _INPUT_KWARGS = ("hidden_states", "x", "input", "inputs", "input_ids", "inputs_embeds")
 
 
-def input_tensor(args: tuple, kwargs: dict) -> tuple[torch.Tensor | None, Callable[[torch.Tensor], tuple]]:
+def input_tensor(args: tuple, kwargs: dict) -> tuple[torch.Tensor | None, Callable[[Any], tuple]]:
     """The main input of a module call (positional first, then a known keyword)."""
     if args:
         t, rebuild = first_tensor(args[0])

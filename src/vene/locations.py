@@ -11,8 +11,8 @@ with one entry per intervention (in key order); an entry is ``None`` (skip / who
 Shorthands: an int ``k`` (that unit in every example, on both sides); a pair of ints ``(a, b)``
 (source unit ``a`` into base unit ``b``, as in pyvene); ``(None, b)`` / ``(a, None)``; a flat list
 of ints (those units, both sides); ``[batch][units]`` (one intervention's worth) is shared by every
-intervention. Under ``"base"`` a flat list of ints always means units (never a pair). Serial mode uses ``"source_i->source_{i+1}"`` ... ``"source_{n-1}->base"``; each entry lists
-the interventions of group ``i``.
+intervention. Under ``"base"`` a flat list of ints always means units (never a pair). Serial mode uses
+``"source_i->source_{i+1}"`` ... ``"source_{n-1}->base"``; each entry lists the interventions of group ``i``.
 """
 from __future__ import annotations
 
@@ -204,7 +204,8 @@ def expand_shorthand(value: Any, n: int, batch: int, under_base: bool, entry_dep
         return value, value  # one location list used on both sides (e.g. GET_LOC(...))
     if isinstance(value, tuple) and len(value) == 2:
         # a side given as a flat list of ints means those units in every example
-        return tuple([[list(v)] * batch] * n if _is_int_list(v) and entry_depth == 2 else v for v in value)
+        src_side, base_side = ([[list(v)] * batch] * n if _is_int_list(v) and entry_depth == 2 else v for v in value)
+        return src_side, base_side
     if isinstance(value, list) and len(value) == 2 and all(v is None or isinstance(v, (list, tuple)) for v in value):
         return value[0], value[1]
     raise LocationError(

@@ -26,6 +26,7 @@ Directories written by pyvene (``config.json`` + ``intkey_<key>.bin``) load too:
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
@@ -323,7 +324,7 @@ def _read_tensors(directory: str, config: dict[str, Any]) -> dict[str, torch.Ten
     return tensors
 
 
-def _filter_kwargs(cls: type, kwargs: dict[str, Any], where: str) -> dict[str, Any]:
+def _filter_kwargs(cls: type[Any], kwargs: dict[str, Any], where: str) -> dict[str, Any]:
     """Drop (with a warning) saved arguments that this version of ``cls`` no longer accepts."""
     try:
         params = inspect.signature(cls.__init__).parameters
@@ -365,7 +366,7 @@ def _build_vene(config: dict[str, Any], tensors: dict[str, torch.Tensor], model:
     classes = {e["key"]: get_intervention_class(str(e.get("type"))) for e in entries if e.get("shares_with") is None}
     instances: dict[str, nn.Module] = {}
     pending: list[tuple[nn.Module, dict[str, torch.Tensor], str, Any]] = []
-    reps = []
+    reps: list[RepresentationConfig] = []
     for e in entries:
         key, owner = e["key"], e.get("shares_with")
         if owner is not None:
@@ -414,7 +415,7 @@ def _build_vene(config: dict[str, Any], tensors: dict[str, torch.Tensor], model:
     for iv, state, key, const in pending:
         restore_state(iv, state, key, "cpu", apply=True)
         if const is not None:
-            iv.is_source_constant = bool(const)
+            iv.is_source_constant = bool(const)  # type: ignore[assignment]  # torch types Module attributes as Tensor | Module
     for key in built:
         check_source_width(im.interventions[key], key, im._specs[key].site.dim)
     return im
@@ -502,16 +503,16 @@ def load_into(im: Any, load_directory: Any, include_model: bool = True, **hub_kw
             key = e["key"]
             if key not in im.interventions:
                 raise SerializationError(f"The saved intervention {key!r} is not in this model; its keys are {im.sorted_keys}.")
-            iv = im.interventions[key]
+            iv: nn.Module = im.interventions[key]
             if type(iv) is not registered_interventions().get(str(e.get("type"))):
                 raise SerializationError(f"{key}: saved as {e.get('type')}, but this model has a {type(iv).__name__} there.")
             state = _entry_state(e, tensors)
             check_source_width(iv, key, im._specs[key].site.dim, state.get("source_representation"))
             dev = device_of(iv, im.get_device())
             restore_state(iv, state, key, dev, apply=False)
-            steps.append(lambda iv=iv, s=state, k=key, d=dev: restore_state(iv, s, k, d, apply=True))
+            steps.append(functools.partial(restore_state, iv, state, key, dev, apply=True))
             if e.get("is_source_constant") is not None:
-                steps.append(lambda iv=iv, c=bool(e["is_source_constant"]): setattr(iv, "is_source_constant", c))
+                steps.append(functools.partial(setattr, iv, "is_source_constant", bool(e["is_source_constant"])))
         if include_model:
             model_state = _saved_model_state(config, tensors)
     else:

@@ -187,7 +187,10 @@ def restore_state(
                     f"{where}: the saved tensor {name!r} has no place in a {type(iv).__name__}; "
                     "the artifact was written by a different version of this class."
                 )
-            fixes.append(lambda o=owner, n=leaf, t=saved: _register(o, n, t.to(device)))
+            def register(o: nn.Module = owner, n: str = leaf, t: torch.Tensor = saved) -> None:
+                _register(o, n, t.to(device))
+
+            fixes.append(register)
         elif isinstance(cur, nn.Parameter):
             if cur.shape != saved.shape:
                 raise SerializationError(
@@ -195,7 +198,10 @@ def restore_state(
                     f"{tuple(cur.shape)}: the artifact was made for a model of another size."
                 )
             if cur.dtype != saved.dtype and not cast:
-                fixes.append(lambda p=cur, dt=saved.dtype: setattr(p, "data", p.data.to(dt)))
+                def recast(p: nn.Parameter = cur, dt: torch.dtype = saved.dtype) -> None:
+                    p.data = p.data.to(dt)
+
+                fixes.append(recast)
         elif cur.shape != saved.shape and leaf not in variable:
             raise CorruptArtifactError(
                 f"{where}: saved {name!r} has shape {tuple(saved.shape)}, but a {type(iv).__name__} built "
@@ -203,7 +209,12 @@ def restore_state(
             )
         elif cur.shape != saved.shape or (cur.dtype != saved.dtype and not cast):
             dt = cur.dtype if cast else saved.dtype
-            fixes.append(lambda o=owner, n=leaf, t=saved, d=cur.device, dt=dt: o._buffers.__setitem__(n, t.to(d, dt).clone()))
+            def replace(o: nn.Module | None = owner, n: str = leaf, t: torch.Tensor = saved, d: torch.device = cur.device,
+                        dt: torch.dtype = dt) -> None:
+                assert o is not None  # cur is in iv's state_dict, so its owner exists
+                o._buffers[n] = t.to(d, dt).clone()
+
+            fixes.append(replace)
     if not apply:
         return
     for fix in fixes:

@@ -230,6 +230,7 @@ def _do_intervention_by_swap(
         mask = mask.expand(base.shape)
     else:
         m = feature_mask(subspaces, d, base.shape[0], subspace_partition, base.device)
+        assert m is not None  # feature_mask returns None only for subspaces=None
         mask = mask_like(m, base).expand(base.shape)
     if mode == "interchange":
         return torch.where(mask, src.to(base.dtype), base)

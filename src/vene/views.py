@@ -38,6 +38,7 @@ def make_view(x: torch.Tensor, view: tuple | None, n_heads: int | None) -> torch
         # last dim laid out as (n_heads groups, n_slots, head_dim): take one slot of each group
         # (n_heads here counts the groups); "grouped" takes the slots [0, slot) of each group
         _, slot, n_slots = view
+        n_heads = _need_heads(view, n_heads)
         b_s = x.shape[:-1]
         d = x.shape[-1] // (n_heads * n_slots)
         g = x.view(*b_s, n_heads, n_slots, d)
@@ -47,6 +48,7 @@ def make_view(x: torch.Tensor, view: tuple | None, n_heads: int | None) -> torch
         return v.transpose(1, 2) if kind == "interleaved_heads" else v
     if kind in ("neox_qkv", "neox_qkv_heads"):
         i = view[1]
+        n_heads = _need_heads(view, n_heads)
         b_s = x.shape[:-1]
         per_head = x.shape[-1] // n_heads
         v = x.view(*b_s, n_heads, 3, per_head // 3).select(-2, i)  # (b, s, H, dh)
@@ -56,8 +58,15 @@ def make_view(x: torch.Tensor, view: tuple | None, n_heads: int | None) -> torch
     raise ValueError(f"unknown view {view!r}")
 
 
+def _need_heads(view: tuple | None, n_heads: int | None) -> int:
+    if n_heads is None:
+        raise ValueError(f"the view {view!r} needs the number of heads, got n_heads=None")
+    return n_heads
+
+
 def split_heads(x: torch.Tensor, n_heads: int | None) -> torch.Tensor:
     """``(b, s, H * d)`` -> ``(b, H, s, d)`` (a view)."""
+    n_heads = _need_heads(("heads",), n_heads)
     b_s = x.shape[:-1]
     d = x.shape[-1] // n_heads
     return x.view(*b_s, n_heads, d).transpose(1, 2)

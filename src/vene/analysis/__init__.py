@@ -32,5 +32,6 @@ __all__ = [
     "heatmap", "logit_diff",
     "ActivationCache", "DiskCache", "Grid", "GridSet", "attribution_patching", "cache_to_disk",
     "compare_with_patching", "direct_logit_attribution", "final_norm_and_head", "load_cache", "load_result",
-    "logit_lens", "path_patching", "path_patching_config", "rank_correlation", "run_with_cache", "unembed", "logprob", "plot_causal_trace", "plot_patching", "probability",
+    "logit_lens", "path_patching", "path_patching_config", "rank_correlation", "run_with_cache", "unembed", "logprob",
+    "plot_causal_trace", "plot_patching", "probability",
 ]

@@ -93,10 +93,10 @@ def attribution_patching(
     tokens = token_labels(tokenizer, clean_in["input_ids"][0].tolist()) if tokenizer is not None else None
     meta = {"clean_metric": clean_metric, "corrupted_metric": corr_metric, "tokens": tokens,
             "method": "attribution patching: (clean - corrupted) . grad(metric) at the corrupted run"}
-    for g in grids.values():
-        g.meta.update(clean_metric=clean_metric, corrupted_metric=corr_metric)
+    for out_grid in grids.values():
+        out_grid.meta.update(clean_metric=clean_metric, corrupted_metric=corr_metric)
         if tokens is not None:
-            g.meta["position_tokens"] = [tokens[p] for p in pos]
+            out_grid.meta["position_tokens"] = [tokens[p] for p in pos]
     return GridSet(grids, meta)
 
 

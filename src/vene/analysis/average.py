@@ -70,7 +70,7 @@ class AverageTraceResult:
         lines = [self.figure_title().replace("\n", "; ")]
         for comp, g in self.scores.items():
             col = {r: float(torch.nan_to_num(g[:, r], nan=-1).max()) for r in range(len(ROLES))}
-            best = max(col, key=col.get)
+            best = max(col, key=col.__getitem__)
             li = int(torch.nan_to_num(g[:, best], nan=-1).argmax())
             lines.append(f"{comp}: peak mean p={col[best]:.3f} at layer {self.layers[li]}, {ROLES[best]}")
         return "\n".join(lines)

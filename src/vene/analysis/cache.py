@@ -136,6 +136,23 @@ def _view(t: torch.Tensor, site: Site) -> torch.Tensor:
     return v
 
 
+def _cache_key(key: Any, keys: Iterable[Key], n_layers: int | None) -> Key:
+    """``key`` (a ``(component, layer)`` pair or ``"component.layer"``) normalised against the cache's ``keys``."""
+    if isinstance(key, str):
+        if key in {k[0] for k in keys if k[1] is None}:
+            return (key, None)
+        comp, _, num = key.rpartition(".")
+        if not comp or not num.lstrip("-").isdigit():
+            raise KeyError(f"Cache keys look like ('block_output', 3) or 'block_output.3', not {key!r}.")
+        key = (comp, int(num))
+    if not (isinstance(key, tuple) and len(key) == 2):
+        raise KeyError(f"Cache keys are (component, layer) pairs, not {key!r}.")
+    comp, layer = key
+    if isinstance(layer, int) and layer < 0 and n_layers:
+        layer += n_layers
+    return (comp, layer)
+
+
 class ActivationCache(Mapping):
     """Activations keyed by ``(component, layer)``; ``grads`` holds gradients of the same keys
     (empty unless asked for). ``positions`` lists the cached positions (None: all)."""
@@ -151,19 +168,7 @@ class ActivationCache(Mapping):
         self.meta = meta or {}
 
     def _key(self, key: Any) -> Key:
-        if isinstance(key, str):
-            if key in {k[0] for k in self._acts if k[1] is None}:
-                return (key, None)
-            comp, _, layer = key.rpartition(".")
-            if not comp or not layer.lstrip("-").isdigit():
-                raise KeyError(f"Cache keys look like ('block_output', 3) or 'block_output.3', not {key!r}.")
-            key = (comp, int(layer))
-        if not (isinstance(key, tuple) and len(key) == 2):
-            raise KeyError(f"Cache keys are (component, layer) pairs, not {key!r}.")
-        comp, layer = key
-        if isinstance(layer, int) and layer < 0 and self.n_layers:
-            layer += self.n_layers
-        return (comp, layer)
+        return _cache_key(key, self._acts, self.n_layers)
 
     def __getitem__(self, key: Any) -> torch.Tensor:
         k = self._key(key)
@@ -310,7 +315,8 @@ def run_with_cache(
         for key, site in sites.items():
             session.add(get_module(model, site.module_path), site.io, make_hook(key, site))
         if want_grad:
-            emb = model.get_input_embeddings() if callable(getattr(model, "get_input_embeddings", None)) else None
+            get_emb = getattr(model, "get_input_embeddings", None)
+            emb = get_emb() if callable(get_emb) else None
             if emb is None:
                 raise ConfigError("grad_of needs a model with get_input_embeddings() to start the graph at.")
             session.handles.append(emb.register_forward_hook(
@@ -321,7 +327,7 @@ def run_with_cache(
             if missing:
                 raise HookNotFiredError(f"These sites never ran: {[_name(k) for k in missing]}.")
             grads: dict[Key, torch.Tensor] = {}
-            if want_grad:
+            if grad_of is not None:  # (want_grad)
                 target = grad_of(_logits_or_output(out))
                 target = target.sum() if target.dim() else target
                 keys = list(raw)
@@ -414,13 +420,13 @@ class DiskCache(Mapping):
         return parts[0] if len(parts) == 1 else torch.cat(parts, 0)
 
     def __getitem__(self, key: Any) -> torch.Tensor:
-        k = ActivationCache(dict.fromkeys(self._keys), n_layers=self.n_layers)._key(key)
+        k = _cache_key(key, self._keys, self.n_layers)
         if k not in self._keys:
             raise KeyError(f"{k} is not in the cache at {self.files[0].parent}.")
         return self._read("act/", k)
 
     def grad(self, key: Any) -> torch.Tensor:
-        k = ActivationCache(dict.fromkeys(self._keys), n_layers=self.n_layers)._key(key)
+        k = _cache_key(key, self._keys, self.n_layers)
         if k not in self._grad_keys:
             raise KeyError(f"No gradient for {k} on disk.")
         return self._read("grad/", k)

@@ -18,7 +18,7 @@ import re
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -117,7 +117,7 @@ def weak_subject_reason(prompt: str, guess: str | None) -> str | None:
 def n_layers_of(model: nn.Module) -> int:
     arch = detect_architecture(model)
     if arch is not None:
-        return len(model.get_submodule(arch[1]))
+        return len(cast(nn.ModuleList, model.get_submodule(arch[1])))  # the architecture's layer list
     cfg = getattr(model, "config", None)
     for name in ("num_hidden_layers", "n_layer", "num_layers"):
         v = getattr(cfg, name, None)
@@ -225,13 +225,14 @@ def _replacement_values(kind: str, emb: nn.Module, ids: torch.Tensor, subj_pos: 
                         seed: int) -> torch.Tensor:
     """The offsets that turn the subject's embeddings into their replacement (added at the
     embedding's output, like the noise): ``target - embedding``, ``(samples, n_subject, d)``."""
+    weight = cast(torch.Tensor, emb.weight)  # (the caller checked it has one; Module attributes type as Tensor | Module)
     with torch.no_grad():
         subject_ids = ids[0, subj_pos]
         here = emb(subject_ids.unsqueeze(0))[0]  # (n_subject, d), scaling inside the module included
         if kind == "zero":
             target = torch.zeros_like(here).unsqueeze(0)
         elif kind == "mean":
-            vocab = emb.weight.shape[0]
+            vocab = weight.shape[0]
             total = torch.zeros(here.shape[-1], dtype=torch.float64, device=here.device)
             for a in range(0, vocab, 8192):  # the mean of the module's outputs over the vocabulary
                 chunk = torch.arange(a, min(vocab, a + 8192), device=ids.device)
@@ -239,13 +240,14 @@ def _replacement_values(kind: str, emb: nn.Module, ids: torch.Tensor, subj_pos: 
             target = (total / vocab).to(here.dtype).expand_as(here).unsqueeze(0)
         else:  # resample: random tokens of the vocabulary in place of the subject's, one draw per sample
             gen = torch.Generator().manual_seed(int(seed))
-            draws = torch.randint(0, emb.weight.shape[0], (samples, len(subj_pos)), generator=gen).to(ids.device)
-            draws = torch.where(draws == subject_ids, (draws + 1) % emb.weight.shape[0], draws)
+            draws = torch.randint(0, weight.shape[0], (samples, len(subj_pos)), generator=gen).to(ids.device)
+            draws = torch.where(draws == subject_ids, (draws + 1) % weight.shape[0], draws)
             target = emb(draws)
         return (target - here).expand(samples, -1, -1).contiguous()
 
 
-def _noise_values(noise: Any, samples: int, n_pos: int, d: int, std: float | None, seed: int, dtype, device) -> tuple[torch.Tensor, float | None]:
+def _noise_values(noise: Any, samples: int, n_pos: int, d: int, std: float | None, seed: int, dtype,
+                  device) -> tuple[torch.Tensor, float | None]:
     if isinstance(noise, torch.Tensor):
         values = noise.detach()
         if values.dim() == 2:
@@ -256,6 +258,7 @@ def _noise_values(noise: Any, samples: int, n_pos: int, d: int, std: float | Non
                 f"got {tuple(noise.shape)}."
             )
         return values.to(device=device, dtype=dtype), None
+    assert std is not None  # the caller sets it whenever noise is not a tensor
     gen = torch.Generator().manual_seed(int(seed))
     values = torch.randn(samples, n_pos, d, generator=gen) * std
     return values.to(device=device, dtype=dtype), std
@@ -379,7 +382,8 @@ def causal_trace(
     grid_layers = list(range(n_layers)) if layers is None else [int(l) % n_layers for l in layers]
     sweep_pos = _sweep_positions(positions, seq)
     windows = _windows(components, window)
-    emb = model.get_input_embeddings() if callable(getattr(model, "get_input_embeddings", None)) else None
+    get_emb = getattr(model, "get_input_embeddings", None)
+    emb = get_emb() if callable(get_emb) else None
     if emb is None or getattr(emb, "weight", None) is None:
         raise ConfigError("Causal tracing adds noise to the input embeddings, but the model has no get_input_embeddings().")
     d = emb.weight.shape[1]
@@ -401,7 +405,8 @@ def causal_trace(
             raise ConfigError(f"noise= sets the Gaussian noise of corruption='noise'; corruption={corruption!r} adds none.")
         deterministic = corruption in ("zero", "mean")
         if deterministic and samples not in (None, 1):
-            raise ConfigError(f"corruption={corruption!r} is deterministic: every sample would be the same; pass samples=1 or leave it out.")
+            raise ConfigError(f"corruption={corruption!r} is deterministic: every sample would be the same; "
+                              "pass samples=1 or leave it out.")
         samples = 1 if deterministic else (10 if samples is None else int(samples))
         std = None
         values = _replacement_values(corruption, emb, ids.to(emb.weight.device), subj_pos, samples, seed)
@@ -444,7 +449,8 @@ def causal_trace(
     vocab = runner.clean_logits.shape[-1]
     if not 0 <= ans < vocab:
         raise ConfigError(f"answer token id {ans} is outside the vocabulary (size {vocab}).")
-    answer_text = tokenizer.decode([ans]) if tokenizer is not None and not isinstance(answer, str) else (answer if isinstance(answer, str) else str(ans))
+    answer_text = (tokenizer.decode([ans]) if tokenizer is not None and not isinstance(answer, str)
+                   else (answer if isinstance(answer, str) else str(ans)))
     rank, msg = answer_rank_warning(tokenizer, runner.clean_logits[0], ans, answer)
     if msg:
         found.append(msg)

@@ -31,7 +31,7 @@ from ..gather import scatter
 from ..hooks import HookSession
 from ..interventions import LambdaIntervention
 from ..locations import Loc
-from ..ops import Getter, Live, Setter
+from ..ops import Getter, Live, Op, Setter
 from ..plan import CallPlan, KeySpec
 from ..views import make_view
 
@@ -154,7 +154,7 @@ class CellSites:
 
     # -- recording ---------------------------------------------------------------------------------
     def install_recording(self, session: HookSession) -> None:
-        ops = [_Record(spec, self, i) for i, spec in enumerate(self.specs)]
+        ops: list[Op] = [_Record(spec, self, i) for i, spec in enumerate(self.specs)]
         install(session, self.model, ops, self.call, set())
 
     def missing(self) -> list[int]:
@@ -187,6 +187,7 @@ class CellSites:
         samples = torch.arange(S, device=self.device)
         for i, items in by_site.items():
             table = self.tables[i]
+            assert table is not None  # kept by the recording pass (the runner checks every site ran)
             rows = torch.cat([k * S + samples for k, _ in items])
             tok_list = [p.token for _, p in items]
             toks = torch.tensor(tok_list, device=self.device).repeat_interleave(S)

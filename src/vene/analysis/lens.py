@@ -17,7 +17,7 @@ The final norm is found from the module tree (the norm next to the layer stack: 
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 from torch import nn
@@ -176,7 +176,7 @@ def _head_split(model: nn.Module, layer: int, z: torch.Tensor) -> tuple[torch.Te
     input ``z`` ``(heads, P, head_dim)``, and its bias."""
     site = resolve_site(model, "head_attention_value_output", layer)
     proj = get_module(model, site.module_path)
-    w = proj.weight.float()
+    w = cast(torch.Tensor, proj.weight).float()  # a Linear's / Conv1D's (checked below); Module attributes type as Tensor | Module
     n_h, _, dh = z.shape
     if isinstance(proj, nn.Linear):  # weight (out, in)
         w_h = w.T.reshape(n_h, dh, -1)
@@ -184,7 +184,8 @@ def _head_split(model: nn.Module, layer: int, z: torch.Tensor) -> tuple[torch.Te
         w_h = w.reshape(n_h, dh, -1)
     else:
         raise ConfigError(f"Per-head attribution needs a Linear or Conv1D output projection, not {type(proj).__name__}.")
-    bias = proj.bias.float() if getattr(proj, "bias", None) is not None else None
+    b = getattr(proj, "bias", None)
+    bias = b.float() if b is not None else None
     return torch.einsum("hpk,hkd->hpd", z.float(), w_h), bias
 
 
@@ -253,7 +254,7 @@ def _dla(model: nn.Module, cache: Any, n: int, c_id: torch.Tensor, w_id: torch.T
                           f"attention and MLP outputs (max error {float((total - final).abs().max()):.3g}); direct logit "
                           "attribution needs that decomposition.")
     scale, bias, centre, kind = _norm_affine(norm, model, final)
-    W = head.weight.float()
+    W = cast(torch.Tensor, head.weight).float()  # the output head's (vocab, d) weight
     direction = W[c_id] - (W[w_id] if w_id is not None else 0.0)  # (B, d)
     hb = getattr(head, "bias", None)
     head_bias = (hb[c_id] - (hb[w_id] if w_id is not None else 0.0)).float().mean() if hb is not None else torch.tensor(0.0)
@@ -279,12 +280,12 @@ def _dla(model: nn.Module, cache: Any, n: int, c_id: torch.Tensor, w_id: torch.T
     grids = {"components": Grid(values, ("component",), {"component": names}, "direct effect",
                                 {"title": f"direct logit attribution: {target}"})}
     if heads:
-        rows = []
+        head_rows = []
         for l in range(n):
             z = cache["head_attention_value_output", l]  # (B, H, 1, dh)
             per_head = torch.stack([_head_split(model, l, z[b])[0] for b in range(z.shape[0])])  # (B, H, 1, d)
-            rows.append(torch.stack([direct(per_head[:, h, 0]).mean() for h in range(per_head.shape[1])]))
-        grid = torch.stack(rows)
+            head_rows.append(torch.stack([direct(per_head[:, h, 0]).mean() for h in range(per_head.shape[1])]))
+        grid = torch.stack(head_rows)
         grids["heads"] = Grid(grid, ("layer", "head"), {"layer": list(range(n))}, "direct effect",
                               {"title": f"per-head direct effect: {target}"})
     return GridSet(grids, meta)

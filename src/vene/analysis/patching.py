@@ -151,6 +151,7 @@ def activation_patching(
         hs = None
         if site0.head_layout:
             n_heads = site0.n_heads
+            assert n_heads is not None  # head-layout sites know their number of heads
             hs = list(range(n_heads)) if heads is None else [int(h) for h in heads]
             if any(not 0 <= h < n_heads for h in hs):
                 raise ConfigError(f"heads {hs} are out of range for {comp!r} ({n_heads} heads).")

@@ -103,12 +103,14 @@ def path_patching(
     base_in = _as_inputs(base, tokenizer, "base")
     src_in = _as_inputs(source, tokenizer, "source")
     if base_in["input_ids"].shape != src_in["input_ids"].shape:
-        raise ConfigError(f"base and source need the same shape, got {tuple(base_in['input_ids'].shape)} and {tuple(src_in['input_ids'].shape)}.")
+        raise ConfigError(f"base and source need the same shape, got {tuple(base_in['input_ids'].shape)} "
+                          f"and {tuple(src_in['input_ids'].shape)}.")
     B, seq = base_in["input_ids"].shape
     n = n_layers_of(model)
     n_heads = resolve_site(model, "head_attention_value_output", 0).n_heads
+    assert n_heads is not None  # a head component's site knows its number of heads
     pairs = [(l, h) for l in range(n) for h in range(n_heads)] if senders is None else [(int(l) % n, int(h)) for l, h in senders]
-    for l, h in pairs:
+    for _l, h in pairs:
         if not 0 <= h < n_heads:
             raise ConfigError(f"sender head {h} is out of range ({n_heads} heads).")
     pos = list(range(seq)) if positions is None else [int(p) % seq for p in positions]
@@ -117,11 +119,11 @@ def path_patching(
     if recv is not None:
         if not recv:
             raise ConfigError("receivers is empty; pass None for the direct path to the logits.")
-        for c, l, h in recv:
+        for c, l, rh in recv:
             site = resolve_site(model, c, l)
-            if (h is not None) != site.head_layout:
+            if (rh is not None) != site.head_layout:
                 raise ConfigError(f"receiver {c!r} {'needs' if site.head_layout else 'takes no'} head index.")
-        for l, h in pairs:
+        for l, _h in pairs:
             if any(rl <= l for _, rl, _ in recv):
                 raise ConfigError(f"sender at layer {l} is not below every receiver layer {[r[1] for r in recv]}.")
     grid = torch.full((n, n_heads), float("nan"))
@@ -149,7 +151,7 @@ def path_patching(
         for h in heads:
             z = src_heads["head_attention_value_output", layer][:, h: h + 1, pos]  # (B, 1, P, head_dim)
             locs = [_heads_locs(h, pos, B)] + [_pos_locs(list(range(seq)), B)] * len(restoring)
-            reps = [z] + frozen_reps
+            reps: list[torch.Tensor | None] = [z, *frozen_reps]
             if recv is not None:
                 locs += [_heads_locs(rh, rpos, B) if rh is not None else _pos_locs(rpos, B) for _, _, rh in recv]
                 reps += [None] * len(recv)

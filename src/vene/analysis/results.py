@@ -151,6 +151,11 @@ class CausalTraceResult:
         return sum(int((~torch.isnan(g)).sum()) for g in self.scores.values())
 
     @property
+    def _positions(self) -> list[int]:
+        assert self.positions is not None  # filled in by __post_init__
+        return self.positions
+
+    @property
     def cells_total(self) -> int:
         return sum(g.numel() for g in self.scores.values())
 
@@ -158,7 +163,7 @@ class CausalTraceResult:
         """``(score, layer, token position)`` of the strongest restoration of ``component``."""
         grid = self.scores[component]
         li, ti = divmod(nan_argmax(grid), grid.shape[1])
-        return float(grid[li, ti]), self.layers[li], self.positions[ti]
+        return float(grid[li, ti]), self.layers[li], self._positions[ti]
 
     def summary(self) -> str:
         """A few lines of text: p(clean), p(corrupted) and where each panel peaks."""
@@ -182,13 +187,13 @@ class CausalTraceResult:
             where = "subject" if tok in self.subject_positions else ("last token" if tok == last else "other")
             line = (f"{comp} (window {self.window.get(comp, 1)}): peak p={value:.3f} at layer {layer}, "
                     f"token {tok} {self.tokens[tok]!r} ({where})")
-            cols = [k for k, p in enumerate(self.positions) if p in self.subject_positions]
+            cols = [k for k, p in enumerate(self._positions) if p in self.subject_positions]
             if cols:
                 sub = grid[:, cols]
                 li, ti = divmod(nan_argmax(sub), sub.shape[1])
                 line += f"; best subject restoration p={float(sub[li, ti]):.3f} at layer {self.layers[li]}"
-            if last in self.positions:
-                col = grid[:, self.positions.index(last)]
+            if last in self._positions:
+                col = grid[:, self._positions.index(last)]
                 li = nan_argmax(col.unsqueeze(1))
                 line += f"; last token best p={float(col[li]):.3f} at layer {self.layers[li]}"
             lines.append(line)
@@ -202,7 +207,7 @@ class CausalTraceResult:
             "answer_id": self.answer_id, "answer_rank": self.answer_rank,
             "tokens": list(self.tokens), "subject_positions": list(self.subject_positions),
             "p_clean": self.p_clean, "p_corrupted": self.p_corrupted,
-            "layers": list(self.layers), "positions": list(self.positions), "window": dict(self.window),
+            "layers": list(self.layers), "positions": list(self._positions), "window": dict(self.window),
             "corruption": self.corruption, "noise_std": self.noise_std, "samples": self.samples, "seed": self.seed,
             "complete": self.complete, "cells_done": self.cells_done, "cells_total": self.cells_total,
             "warnings": list(self.warnings), "strategy": self.extra.get("strategy"), "fallback_reason": self.extra.get("fallback_reason"),
@@ -299,8 +304,7 @@ class PatchingResult:
     def peak(self, component: str) -> tuple[float, tuple[int, ...]]:
         """``(score, (layer, position[, head]))`` of the cell with the largest score."""
         g = self.scores[component]
-        idx = list(torch.unravel_index(torch.tensor(nan_argmax(g)), g.shape))
-        idx = [int(i) for i in idx]
+        idx = [int(i) for i in torch.unravel_index(torch.tensor(nan_argmax(g)), g.shape)]
         value = float(g[tuple(idx)])
         idx[0] = self.layers[idx[0]]
         return value, tuple(idx)
@@ -326,7 +330,8 @@ class PatchingResult:
             "layers": list(self.layers), "positions": list(self.positions),
             "heads": {c: list(h) for c, h in self.heads.items()},
             "clean_metric": self.clean_metric, "corrupted_metric": self.corrupted_metric, "complete": self.complete,
-            "strategy": self.extra.get("strategy"), "fallback_reason": self.extra.get("fallback_reason"), "provenance": dict(self.provenance),
+            "strategy": self.extra.get("strategy"), "fallback_reason": self.extra.get("fallback_reason"),
+            "provenance": dict(self.provenance),
             "scores": {c: _grid_to_json(g) for c, g in self.scores.items()},
         }
 

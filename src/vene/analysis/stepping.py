@@ -26,7 +26,7 @@ import inspect
 import re
 import typing
 from collections.abc import Mapping
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import torch
 from torch import nn
@@ -146,7 +146,8 @@ class LayerStepper:
 
     def __init__(self, model: nn.Module, layers_path: str, total: int, seq: int) -> None:
         self.model = model
-        self.layers = model.get_submodule(layers_path)
+        # layers_path names a stack's ModuleList (components.find_stacks keeps only those)
+        self.layers = cast(nn.ModuleList, model.get_submodule(layers_path))
         self.layers_path = layers_path
         self.total, self.seq = total, seq
         n = len(self.layers)
@@ -221,6 +222,7 @@ class LayerStepper:
         else:
             out = self.layers[j](**self._trimmed(j, hidden, src, start))
         t, _ = first_tensor(out)
+        assert t is not None  # the recording pass saw a tensor output from every layer
         return t
 
     def _trimmed(self, j: int, hidden: torch.Tensor, src: torch.Tensor, f: int) -> dict:
@@ -240,8 +242,10 @@ class LayerStepper:
                 return v[f:]
             return v
 
-        call = {}
-        for name, v in self.named[j].items():
+        named = self.named[j]
+        assert named is not None  # set by _check_trim before any trimmed replay
+        call: dict[str, Any] = {}
+        for name, v in named.items():
             if name == self.slot[j]:
                 call[name] = past
             elif name == "attention_mask":
@@ -261,6 +265,7 @@ class LayerStepper:
         """Final norm + output head on ``h`` ``(n, 1, d)`` -> logits ``(n, vocab)``."""
         if self.norm is not None:
             h = self.norm(h)
+        assert self.head is not None  # set by check() before any replay reaches the head
         logits = self.head(h)[:, -1].float()
         cap = getattr(getattr(self.model, "config", None), "final_logit_softcapping", None)
         if cap:

@@ -45,7 +45,7 @@ import inspect
 import re
 import warnings
 from collections.abc import Mapping
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import torch
 from torch import nn
@@ -89,13 +89,13 @@ def _logits_of(out: Any) -> torch.Tensor:
 
 
 def _cat_inputs(a: Mapping, b: Mapping) -> dict:
-    out = {}
+    out: dict[Any, Any] = {}
     for k in set(a) | set(b):
         va, vb = a.get(k), b.get(k)
         if isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor):
             out[k] = torch.cat([va, vb.to(va.device)], 0)
         elif k == "attention_mask" and (isinstance(va, torch.Tensor) or isinstance(vb, torch.Tensor)):
-            ref = va if isinstance(va, torch.Tensor) else vb
+            ref = va if isinstance(va, torch.Tensor) else cast(torch.Tensor, vb)  # one of them is (the elif)
             fill_a = va if isinstance(va, torch.Tensor) else torch.ones_like(a["input_ids"])
             fill_b = vb if isinstance(vb, torch.Tensor) else torch.ones_like(b["input_ids"])
             out[k] = torch.cat([fill_a.to(ref.device), fill_b.to(ref.device)], 0)
@@ -168,7 +168,7 @@ class SweepRunner:
             )
         if self.Bc not in (1, self.S):
             raise SourceError(f"The clean input has {self.Bc} rows; it needs 1 or as many as the base ({self.S}).")
-        self.site_refs = [tuple(s) for s in sites]
+        self.site_refs = [(c, l) for c, l in sites]
         self.sites: list[Site] = [sweep_site(model, c, l) for c, l in self.site_refs]
         for (c, _), site in zip(self.site_refs, self.sites):
             if site.io == "attn_probs" or (site.head_layout and site.view is None):
@@ -181,7 +181,8 @@ class SweepRunner:
         self.memory_budget = memory_budget or DEFAULT_MEMORY_BUDGET
         arch = detect_architecture(model)
         self.layers_path = arch[1] if arch is not None else None
-        self.layers = model.get_submodule(self.layers_path) if self.layers_path else None
+        # the architecture's layer list (a ModuleList)
+        self.layers = cast(nn.ModuleList, model.get_submodule(self.layers_path)) if self.layers_path else None
         self.site_layer = [self._layer_of(s) for s in self.sites]
         self.stepping = strategy != "forward" and self.layers is not None and all(l is not None for l in self.site_layer)
         if strategy == "step" and not self.stepping:
@@ -194,6 +195,8 @@ class SweepRunner:
                 "the model has no list of layers" if self.layers is None
                 else "some sites are not inside the model's layers"
             )
+        #: the layer stepper, made by record() (kept only when stepping)
+        self.stepper: LayerStepper | None = None
         self.recorded = False
 
     # -- setup ---------------------------------------------------------------------------------
@@ -223,7 +226,8 @@ class SweepRunner:
 
     @property
     def mode(self) -> str:
-        """How the sweep runs: "step+prefix", "step" or "forward" (see the module docstring)."""
+        """How the sweep runs: "step+prefix", "step" or "forward" (see the module docstring). Before
+        the recording pass: the planned mode ("step" or "forward"), which the pass may lower."""
         if not self.stepping:
             return "forward"
         return "step+prefix" if self.stepper is not None and self.stepper.trim else "step"
@@ -246,13 +250,15 @@ class SweepRunner:
         """Run clean and base rows in one forward pass; keep what the sweep needs."""
         model, Bc = self.model, self.Bc
         inputs = _cat_inputs(self.clean, self.base)
-        extra = {}
+        extra: dict[str, Any] = {}
         if _accepts(model.forward, "use_cache"):
             extra["use_cache"] = False
         self._keep_one = _accepts(model.forward, "logits_to_keep")
         if self._keep_one:
             extra["logits_to_keep"] = 1
-        self.stepper = LayerStepper(model, self.layers_path, Bc + self.S, self.seq) if self.stepping else None
+        # (stepping implies a layer list, hence a layers_path)
+        self.stepper = (LayerStepper(model, self.layers_path, Bc + self.S, self.seq)
+                        if self.stepping and self.layers_path is not None else None)
 
         with torch.no_grad(), HookSession(model) as session:
             if self.noise is not None:
@@ -267,7 +273,7 @@ class SweepRunner:
         missing = [self.site_refs[i] for i in self.cells.missing()]
         if missing:
             raise ConfigError(f"These sites never ran during the forward pass: {missing}.")
-        if self.stepping:
+        if self.stepping and self.stepper is not None:  # the stepper exists exactly when stepping
             self.stepping = self.stepper.check(logits)
             if not self.stepping and self.strategy == "step":
                 raise ConfigError(
@@ -326,6 +332,7 @@ class SweepRunner:
             plans = {k: self._entry(cells[k]) for k in todo}
             order = sorted(todo, key=lambda k: plans[k][0])
             chunks = [order[i: i + per_chunk] for i in range(0, len(order), per_chunk)]
+            assert self.stepper is not None  # record() keeps it exactly when stepping
             n = len(self.stepper)
             total = sum(n - plans[c[0]][0] + 1 for c in chunks)
         else:
@@ -345,6 +352,7 @@ class SweepRunner:
 
     def _changes(self, p: Patch) -> bool:
         mask = self.cells.differs[p.site]
+        assert mask is not None  # recorded for every site (record() raises on sites that never ran)
         if self.sites[p.site].head_layout:
             if p.head is None or not 0 <= p.head < mask.shape[0]:
                 raise ConfigError(f"{self.site_refs[p.site][0]} is a head component: patches need a head index in range")
@@ -354,10 +362,13 @@ class SweepRunner:
     def _entry(self, cell: Sequence[Patch]) -> tuple[int, list[Patch], list[Patch]]:
         """(layer where the cell's rows join, patches written into the joining state, patches
         applied by hooks). Joining at ``n_layers`` means: straight to the output head."""
+        # only stepped sweeps get here: a layer list, and every site inside a layer
+        assert self.layers is not None
+        site_layer = cast("list[int]", self.site_layer)
         if not cell:
             return len(self.layers), [], []
-        m = min(self.site_layer[p.site] for p in cell)
-        first = [p for p in cell if self.site_layer[p.site] == m]
+        m = min(site_layer[p.site] for p in cell)
+        first = [p for p in cell if site_layer[p.site] == m]
         kinds = {self._resid_kind(p.site) for p in first}
         if kinds == {"out"}:
             entry, at_entry = m + 1, first
@@ -368,13 +379,14 @@ class SweepRunner:
 
     def _run_stepped(self, plans: list[tuple[int, list[Patch], list[Patch]]], cell_values: Callable, bar: Any) -> torch.Tensor:
         st, S, Bc = self.stepper, self.S, self.Bc
+        assert st is not None  # record() keeps it exactly when stepping
         n = len(st)
         # groups of cells by the first position they patch (computed from there on)
         by_first: dict[int, list[int]] = {}
         for k, (_, at_entry, hooked) in enumerate(plans):
             f = min(p.token for p in at_entry + hooked) if st.trim else 0
             by_first.setdefault(f, []).append(k)
-        groups = []
+        groups: list[dict[str, Any]] = []
         for f, ks in sorted(by_first.items()):
             joins: dict[int, list[int]] = {}
             for a, k in enumerate(ks):
@@ -389,8 +401,8 @@ class SweepRunner:
                     if adds:
                         state = (st.layer_in[j] if j < n else st.layer_out[n - 1])[Bc:, g["f"]:]
                         new = state.repeat(len(adds), 1, 1)
-                        at_entry = self.cells.index([(b, p) for b, a in enumerate(adds) for p in plans[g["ks"][a]][1]], offset=g["f"])
-                        for i, (loc, source) in at_entry.items():
+                        entry_idx = self.cells.index([(b, p) for b, a in enumerate(adds) for p in plans[g["ks"][a]][1]], offset=g["f"])
+                        for i, (loc, source) in entry_idx.items():
                             self.cells.write(i, new, loc, source)
                         g["h"] = new if g["h"] is None else torch.cat([g["h"], new], 0)
                     if j < n and g["h"] is not None:
@@ -418,7 +430,7 @@ class SweepRunner:
             k: (v.index_select(0, src) if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == S else v)
             for k, v in self.base.items()
         }
-        extra = {}
+        extra: dict[str, Any] = {}
         if _accepts(self.model.forward, "use_cache"):
             extra["use_cache"] = False
         if self._keep_one:

@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
+from ._state import CausalModelState
 from .errors import CausalModelError, SamplingError
 from .sampling import DEFAULT_MAX_TRIES
 from .values import values_equal
@@ -55,7 +56,7 @@ def _accepts_target_kwargs(fn: Callable) -> bool:
     return {"output_var", "output_var_value"} <= names
 
 
-class DatasetsMixin:
+class DatasetsMixin(CausalModelState):
     """Dataset methods of :class:`~vene.causal.CausalModel` (not usable on its own)."""
 
     def input_to_tensor(self, setting: Mapping) -> torch.Tensor:

@@ -6,10 +6,12 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any, Dict
 
+from ._state import CausalModelState
+
 __all__ = ["DrawingMixin"]
 
 
-class DrawingMixin:
+class DrawingMixin(CausalModelState):
     """Display methods of :class:`~vene.causal.CausalModel` (not usable on its own)."""
 
     def _text_rendering(self, labels: Mapping[Any, str]) -> str:
@@ -32,7 +34,7 @@ class DrawingMixin:
 
     def _draw(self, labels: Mapping[Any, str], pos, ax, show, as_text, figsize):
         text = self._text_rendering(labels)
-        plt = None
+        plt: Any = None  # matplotlib.pyplot when show= asks for a window
         if not as_text:
             try:
                 from matplotlib.figure import Figure

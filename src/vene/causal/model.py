@@ -296,7 +296,7 @@ class CausalModel(SamplingMixin, DatasetsMixin, PathsMixin, DrawingMixin):
     # structure
     # ------------------------------------------------------------------
 
-    def generate_timesteps(self):
+    def generate_timesteps(self) -> tuple[Dict[Any, int], int]:
         """Return ``(timesteps, end_time)`` computed from the graph alone.
 
         Inputs are at step 0 and every other variable one step after its

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
+from ._state import CausalModelState
 from .errors import CausalModelError
 from .values import values_equal
 
 __all__ = ["PathsMixin"]
 
 
-class PathsMixin:
+class PathsMixin(CausalModelState):
     """Live-path methods of :class:`~vene.causal.CausalModel` (not usable on its own)."""
 
     def find_live_paths(self, intervention: Optional[Mapping] = None) -> Dict[int, List[list]]:

@@ -12,6 +12,7 @@ import random
 from collections.abc import Mapping
 from typing import Any, Dict, List, Optional
 
+from ._state import CausalModelState
 from .errors import CausalModelError, SamplingError
 from .values import lookup_class, values_equal
 
@@ -31,7 +32,7 @@ class _NoEquivClass(Exception):
     """Internal: a variable on the way to the inputs has no equivalence table."""
 
 
-class SamplingMixin:
+class SamplingMixin(CausalModelState):
     """Sampling methods of :class:`~vene.causal.CausalModel` (not usable on its own)."""
 
     # ------------------------------------------------------------------

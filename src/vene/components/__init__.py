@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, cast
 
 from torch import nn
 
@@ -192,7 +192,7 @@ def _eval_dim(expr: Any, cfg: Any) -> int | None:
             op = tok
             continue
         if tok.isdigit():
-            v = int(tok)
+            v: Any = int(tok)
         else:
             v = cfg
             for part in tok.split("."):
@@ -243,7 +243,7 @@ def resolve_site(model: nn.Module, component: str, layer: int = 0, moe_key: Any 
     stack, name, stacks, default = (None, component, [], -1) if arch is not None else _split_stack(model, component)
     entries = stack_entries(stack, anatomy_of(model, stack)) if stack is not None else {}
     entry = entries.get(name)
-    if isinstance(entry, Entry):
+    if isinstance(entry, Entry) and stack is not None:  # no stack, no entries
         if not 0 <= layer < stack.n_layers:
             raise UnknownComponentError(
                 f"layer {layer} is out of range for component {component!r}: the {stack.name} stack "
@@ -282,7 +282,8 @@ def resolve_site(model: nn.Module, component: str, layer: int = 0, moe_key: Any 
         msg += " vene found no layer stack with attention or a mixer; register a table in vene.type_to_module_mapping."
     if len(stacks) > 1:
         others = ", ".join(f"{s.name!r} ({s.path})" for i, s in enumerate(stacks) if s is not stack)
-        msg += f" Other stacks: {others}; address them as '<stack>.<component>', e.g. '{[s for s in stacks if s is not stack][0].name}.block_output'."
+        other = [s for s in stacks if s is not stack][0].name
+        msg += f" Other stacks: {others}; address them as '<stack>.<component>', e.g. '{other}.block_output'."
     msg += f" Or pass a module path such as {_example_path(model, stack)!r} (ending in .input or .output)."
     raise UnknownComponentError(msg)
 
@@ -300,7 +301,7 @@ def _example_path(model: nn.Module, stack: Stack | None) -> str:
 def _table_site(model: nn.Module, arch: tuple, component: str, layer: int, cfg: Any) -> Site:
     _, layers_path, table = arch
     rel, io, view, dim_fn = table[component]
-    n_layers = len(model.get_submodule(layers_path))
+    n_layers = len(cast(nn.ModuleList, model.get_submodule(layers_path)))  # the table names the layers' ModuleList
     if not 0 <= layer < n_layers:
         raise UnknownComponentError(
             f"layer {layer} is out of range for component {component!r}: the model has "

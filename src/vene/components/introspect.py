@@ -18,7 +18,7 @@ import re
 
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from torch import nn
 
@@ -125,8 +125,9 @@ def _in_out(mod: nn.Module) -> tuple[int | None, int | None]:
     if isinstance(mod, nn.Linear):
         return mod.in_features, mod.out_features
     w = getattr(mod, "weight", None)
-    if getattr(mod, "nf", None) is not None and w is not None:  # transformers' Conv1D: weight (in, out)
-        return int(w.shape[0]), int(mod.nf)
+    nf = getattr(mod, "nf", None)
+    if nf is not None and w is not None:  # transformers' Conv1D: weight (in, out)
+        return int(w.shape[0]), int(nf)
     if w is not None and getattr(w, "dim", lambda: 0)() == 2:
         return int(w.shape[1]), int(w.shape[0])
     return None, None
@@ -140,7 +141,7 @@ def _has_attention_parts(mod: nn.Module) -> bool:
 
 
 def _attention_cores(block: nn.Module) -> list[tuple[str, nn.Module]]:
-    found = []
+    found: list[tuple[str, nn.Module]] = []
     for name, mod in block.named_modules():
         if name and _has_attention_parts(mod):
             if not any(name.startswith(p + ".") for p, _ in found):
@@ -168,7 +169,8 @@ def _config_of(model: nn.Module, path: str) -> Any:
     return None
 
 
-_STACKS: "weakref.WeakKeyDictionary[nn.Module, tuple[list[Stack], int]]" = weakref.WeakKeyDictionary()
+#: model -> ((stacks, default index), number of modules when computed)
+_STACKS: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple[list[Stack], int], int]]" = weakref.WeakKeyDictionary()
 
 
 def find_stacks(model: nn.Module) -> tuple[list[Stack], int]:
@@ -305,7 +307,7 @@ def _describe_attention(block: nn.Module, rel: str, core: nn.Module, stack: Stac
 _IFACE_CACHE: dict[type, bool] = {}
 
 
-def _uses_attention_interface(cls: type) -> bool:
+def _uses_attention_interface(cls: type[nn.Module]) -> bool:
     """Whether ``cls.forward`` calls an attention function picked from transformers' registry
     (``ALL_ATTENTION_FUNCTIONS``), the one place vene can read the probabilities of any implementation.
     A forward that only branches on ``config._attn_implementation`` (e.g. SDPA or an inline softmax,
@@ -377,7 +379,7 @@ def block_anatomy(block: nn.Module, stack: Stack | None = None) -> Anatomy:
         an.hidden = _in_out(getattr(block.get_submodule(mixer), "out_proj", nn.Identity()))[1]
     # MLP: a named submodule, else fc1..fc2 on the block, else BERT's intermediate/output
     mlp_path = None
-    for name, mod in block.named_modules():
+    for name, _mod in block.named_modules():
         if name and name.rsplit(".", 1)[-1] in MLP_NAMES:
             mlp_path = name
             break
@@ -398,7 +400,7 @@ def block_anatomy(block: nn.Module, stack: Stack | None = None) -> Anatomy:
         linears = [m for m in mlp.modules() if _in_out(m)[1] is not None and _in_out(m)[0] == an.hidden]
         named = dict(mlp.named_modules())
         if linears:
-            inner = min(_in_out(m)[1] for m in linears)
+            inner = min(w for m in linears if (w := _in_out(m)[1]) is not None)  # all are, by the filter
             gate_up = [n for n in named if "gate_up" in n]
             an.inner = inner // 2 if gate_up and len(linears) == 1 else inner
     elif "fc1" in ch and "fc2" in ch:
@@ -420,7 +422,7 @@ _ANAT: "weakref.WeakKeyDictionary[nn.Module, Anatomy]" = weakref.WeakKeyDictiona
 
 def anatomy_of(model: nn.Module, stack: Stack) -> Anatomy:
     """Anatomy of the first block of ``stack`` (all blocks of a stack share one class)."""
-    block = model.get_submodule(stack.path)[0]
+    block = cast(nn.ModuleList, model.get_submodule(stack.path))[0]  # find_stacks only keeps ModuleLists
     an = _ANAT.get(block)
     if an is None:
         an = block_anatomy(block, stack)

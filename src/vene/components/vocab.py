@@ -31,7 +31,8 @@ from .introspect import Anatomy, Attention, Stack
 #: probabilities to a module we can hook (class name -> child module receiving them as input)
 
 
-_OPT_FLAT = "OPT flattens (batch, seq) into one axis around its MLP, so no position can be addressed there; use block_output or a module path with unit 't'"
+_OPT_FLAT = ("OPT flattens (batch, seq) into one axis around its MLP, so no position can be addressed there; "
+             "use block_output or a module path with unit 't'")
 #: what introspection cannot see: block class -> {component: reason it has no such tensor}
 BLOCK_OVERRIDES: dict[str, dict[str, str]] = {
     "OPTDecoderLayer": {c: _OPT_FLAT for c in ("mlp_input", "mlp_output", "mlp_activation")},
@@ -77,6 +78,8 @@ def _qkv_entries(a: Attention, prefix: str, out: dict) -> None:
                 out[heads[r]] = Entry(path, "output", ("heads", None), d, n, True)
         return
     path = f"{a.core}.{a.fused}"
+    # a fused projection without a problem has every size (introspect.py checks them against its width)
+    assert H is not None and KV is not None and d is not None
     if a.layout == "concat":
         spans = {"query": (0, H), "key": (H, KV), "value": (H + KV, KV)}
         for r, (start, n) in spans.items():
@@ -141,7 +144,7 @@ def stack_entries(stack: Stack, an: Anatomy) -> dict[str, Entry | str]:
         return out
     if an.attn is not None:
         attention_entries(an.attn, "", h, stack.config, out)
-    if an.mlp_in is not None:
+    if an.mlp_in is not None and an.mlp_out is not None:  # set together
         out["mlp_input"] = Entry(an.mlp_in[0], an.mlp_in[1], None, h)
         out["mlp_output"] = Entry(an.mlp_out[0], an.mlp_out[1], None, h)
         out["mlp_activation"] = Entry(an.act, "output", None, an.inner) if an.act and not an.act_problem else (

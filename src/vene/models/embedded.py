@@ -208,7 +208,7 @@ def _convert(source: Path, target: Path) -> None:
     folder, name = str(source.parent), source.name
     extra: dict = {}
     try:  # newer transformers can keep GGUF weights packed; we want dense ones
-        from transformers import GgufConfig  # type: ignore[attr-defined]
+        from transformers import GgufConfig
 
         extra["quantization_config"] = GgufConfig(dequantize=True)
     except ImportError:
@@ -225,7 +225,7 @@ def _convert(source: Path, target: Path) -> None:
         quantizer.remove_quantization_config(model)
     else:
         if hasattr(model, "hf_quantizer"):
-            model.hf_quantizer = None
+            model.hf_quantizer = None  # type: ignore[assignment]  # torch types Module attributes as Tensor | Module
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
     packed = sorted(
@@ -268,7 +268,7 @@ def embedded_model_path(cache_dir: Optional[Union[str, os.PathLike]] = None) -> 
     """
     target = _model_dir(cache_dir)
     try:
-        source: Optional[Path] = embedded_gguf_file()
+        source = embedded_gguf_file()
     except EmbeddedModelNotInstalledError:
         if _cache_is_valid(target, None):
             return target

@@ -89,12 +89,12 @@ class ModelOutput(dict):
         else:
             super().__setitem__(key, value)
 
-    def setdefault(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def setdefault(self, key: str, default: Any = None) -> Any:
         if key not in self:
             self[key] = default
         return self.get(key)
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: Any) -> None:
         for key, value in dict(*args, **kwargs).items():
             self[key] = value
 
@@ -128,7 +128,7 @@ def _tuple_getitem(self: tuple, key: Any) -> Any:
     return tuple.__getitem__(self, key)
 
 
-def _tuple_getattr(self: tuple, name: str) -> Any:
+def _tuple_getattr(self: Any, name: str) -> Any:  # self: a tuple class made by output_tuple
     if name in type(self)._declared:
         return None  # a declared field that was None (not part of the tuple)
     raise AttributeError(f"{type(self).__name__} has no field {name!r}")
@@ -141,7 +141,8 @@ def output_tuple(out: "ModelOutput") -> tuple:
     key = (type(out).__name__, names, type(out)._fields)
     cls = _TUPLE_TYPES.get(key)
     if cls is None:
-        base = collections.namedtuple(f"{type(out).__name__}Tuple", names)
+        # mypy only understands namedtuple() with a literal name; this one is built per output class
+        base = collections.namedtuple(f"{type(out).__name__}Tuple", names)  # type: ignore[misc]
         cls = type(base.__name__, (base,), {
             "__slots__": (), "__getitem__": _tuple_getitem, "__getattr__": _tuple_getattr,
             "_declared": frozenset(type(out)._fields),
@@ -197,7 +198,7 @@ class BuiltinConfig:
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return self.to_dict() == other.to_dict()  # type: ignore[union-attr]
+        return self.to_dict() == other.to_dict()
 
     __hash__ = None  # type: ignore[assignment]
 

@@ -13,7 +13,8 @@ logger = logging.getLogger(__name__)
 
 
 def add_common(p: argparse.ArgumentParser, out: str) -> None:
-    p.add_argument("--model", default=None, help="local model directory, .gguf file or cached Hub id (default: embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--model", default=None,
+                   help="local model directory, .gguf file or cached Hub id (default: embedded SmolLM2-135M-Instruct)")
     p.add_argument("--out", default=out, help=f"output directory (default: {out})")
     p.add_argument("--seed", type=int, default=0, help="random seed of the dataset and training (default: 0)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

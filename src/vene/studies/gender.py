@@ -109,6 +109,7 @@ class DASBatch:
 
     def _restore_prefix(self) -> None:
         """Drop the step's keys/values and cut the prefix loose from the step's graph."""
+        assert self.past is not None  # only called when there is a prefix cache
         self.past.crop(-(self.ids.shape[1] - self.pos))
         for layer in getattr(self.past, "layers", []):
             for name in ("keys", "values"):
@@ -190,10 +191,9 @@ def run_study(model: nn.Module, tok: Any, layers: Sequence[int] | None = None, s
     he, she = token_id(tok, " he"), token_id(tok, " she")
     data = build_dataset(tok)
     n_layers = n_layers_of(model)
-    layer_list = list(range(0, n_layers, 4)) + ([n_layers - 1] if (n_layers - 1) % 4 else []) if layers is None else [int(l) % n_layers for l in layers]
-    acts: dict[int, dict[str, torch.Tensor]] = {}
+    layer_list = (list(range(0, n_layers, 4)) + ([n_layers - 1] if (n_layers - 1) % 4 else []) if layers is None
+                  else [int(l) % n_layers for l in layers])
     with timer.step("behaviour + cache"), torch.no_grad():
-        keep: list[int] = []
         for (_, _, npos), idx in _groups(data).items():
             ids = torch.tensor([data[i]["ids"] for i in idx])
             cache = run_with_cache(model, {"input_ids": ids, "logits_to_keep": 1}, ["block_output"], layers=layer_list,
@@ -260,7 +260,8 @@ def run_study(model: nn.Module, tok: Any, layers: Sequence[int] | None = None, s
     out = {
         "study": "probe-vs-das", "layers": layer_list, "results": results, "model_accuracy": model_acc,
         "examples": {"kept": len(data), "train": len(train), "test": len(test), "train_pairs": len(tr_pairs), "test_pairs": len(te_pairs)},
-        "settings": {"steps": steps, "lr": lr, "init": init, "max_pairs": max_pairs, "templates": [TEMPLATE.format(prefix=p, name="<name>") for p in PREFIXES],
+        "settings": {"steps": steps, "lr": lr, "init": init, "max_pairs": max_pairs,
+                     "templates": [TEMPLATE.format(prefix=p, name="<name>") for p in PREFIXES],
                      "held_out_names": sorted(set(MALE + FEMALE) - train_names)},
         "timings_s": dict(timer.times, total=timer.total()),
     }

@@ -87,7 +87,7 @@ def select_names(model: nn.Module, tok: Any, k: int, rng: random.Random) -> tupl
     score: dict[str, float] = {}
     for (io, _, _), d in zip(prompts, diff.tolist()):
         score[io] = score.get(io, 0.0) + d / 2
-    ranked = sorted(score, key=score.get, reverse=True)
+    ranked = sorted(score, key=score.__getitem__, reverse=True)
     return ranked[:k], score
 
 
@@ -144,8 +144,8 @@ def run_study(model: nn.Module, tok: Any, n_prompts: int = 8, n_names: int = 10,
         "attribution_vs_activation_patching": agree,
         "activation_patching_restored": effect.tolist(),
         "attribution_restored": (attr["head_attention_value_output"].values[:, 0, :] / (clean_ld - corr_ld)).tolist(),
-        "layers": layer_list, "dla_heads": dla["heads"].values[layer_list].tolist(), "dla_components": dict(zip(dla["components"].labels["component"],
-                                                                          dla["components"].values.tolist())),
+        "layers": layer_list, "dla_heads": dla["heads"].values[layer_list].tolist(),
+        "dla_components": dict(zip(dla["components"].labels["component"], dla["components"].values.tolist())),
         "dla_logit_diff": dla.meta["logit_diff"],
         "timings_s": {}, "sweep_strategy": exact.extra.get("strategy"),
     }

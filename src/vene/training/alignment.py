@@ -34,10 +34,9 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Protocol
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
@@ -47,9 +46,15 @@ __all__ = [
 ]
 
 
-def annealed_interventions(intervenable: Any) -> list[nn.Module]:
+class Annealed(Protocol):
+    """An intervention with a temperature (boundless, sigmoid masks)."""
+
+    def set_temperature(self, temp: Any) -> None: ...
+
+
+def annealed_interventions(intervenable: Any) -> list[Annealed]:
     """The distinct interventions that have a temperature (``set_temperature``)."""
-    seen: dict[int, nn.Module] = {}
+    seen: dict[int, Any] = {}
     for iv in intervenable.interventions.values():
         if callable(getattr(iv, "set_temperature", None)):
             seen.setdefault(id(iv), iv)
@@ -69,12 +74,13 @@ def batch_unit_locations(intervenable: Any, batch: Mapping) -> dict | None:
         subunits = intervenable.representations[key].unit.split(".")
         sides = []
         for side in (0, 1):
-            vals = []
+            vals: list[Any] | None = []
             for u in subunits:
                 v = batch.get(f"source_{i}->base.{side}.{u}")
                 if v is None:
                     vals = None
                     break
+                assert vals is not None  # (mypy: reset to None only right before the break)
                 vals.append(v.tolist() if isinstance(v, torch.Tensor) else v)
             sides.append(None if vals is None else (vals[0] if len(vals) == 1 else vals))
         if sides[0] is not None or sides[1] is not None:
@@ -217,11 +223,12 @@ def weighted_average(values: list, weights: list) -> float | dict[str, float]:
         return sum(v * w for v, w in zip(vals, weights)) / total
     if not all(isinstance(v, dict) for v in vals):
         raise ConfigError("compute_metrics returned a number for some batches and a dict for others.")
-    keys = list(vals[0])
-    for v in vals[1:]:
+    dicts = [v for v in vals if isinstance(v, dict)]  # all of them (checked above)
+    keys = list(dicts[0])
+    for v in dicts[1:]:
         if list(v) != keys:
             raise ConfigError(f"compute_metrics returned keys {list(v)} for one batch and {keys} for another.")
-    return {k: sum(v[k] * w for v, w in zip(vals, weights)) / total for k in keys}
+    return {k: sum(v[k] * w for v, w in zip(dicts, weights)) / total for k in keys}
 
 
 _METRIC_FORMS = ("lists", "tensors")

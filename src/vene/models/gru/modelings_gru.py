@@ -73,6 +73,16 @@ class GRUConfig(BuiltinConfig):
     """
 
     model_type = "gru"
+    # set by BuiltinConfig.__init__ (declared for type checkers; no class attributes)
+    n_layer: int
+    h_dim: int
+    vocab_size: int
+    num_classes: int
+    pdrop: float
+    include_bias: bool
+    include_emb: bool
+    max_position_embeddings: int
+    pad_token_id: Optional[int]
 
     def __init__(
         self,
@@ -162,6 +172,8 @@ class GRUCell(nn.Module):
 class GRUModel(BuiltinModule):
     """Stacked GRU over a sequence, one explicit cell call per step and layer."""
 
+    config: GRUConfig
+
     def __init__(self, config: Optional[GRUConfig] = None) -> None:
         super().__init__()
         config = GRUConfig() if config is None else config
@@ -227,6 +239,7 @@ class GRUModel(BuiltinModule):
                     "this GRU has no embedding (config.include_emb=False); "
                     "pass inputs_embeds instead of input_ids"
                 )
+            assert input_ids is not None  # exactly one of the two is given (checked above)
             if input_ids.dim() == 1:
                 input_ids = input_ids.unsqueeze(0)
             inputs_embeds = self.wte(input_ids)
@@ -283,6 +296,8 @@ class GRULMHeadModel(BuiltinModule):
     ``labels[:, t + 1]``.
     """
 
+    config: GRUConfig
+
     def __init__(self, config: Optional[GRUConfig] = None) -> None:
         super().__init__()
         config = GRUConfig() if config is None else config
@@ -337,6 +352,8 @@ class GRUForClassification(BuiltinModule):
     Given ``labels`` the loss is cross-entropy (mean squared error when
     ``num_classes == 1``).
     """
+
+    config: GRUConfig
 
     def __init__(self, config: Optional[GRUConfig] = None) -> None:
         super().__init__()

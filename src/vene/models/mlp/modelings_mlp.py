@@ -64,6 +64,17 @@ class MLPConfig(BuiltinConfig):
     """
 
     model_type = "mlp"
+    # set by BuiltinConfig.__init__ (declared for type checkers; no class attributes)
+    h_dim: int
+    n_layer: int
+    num_classes: int
+    pdrop: float
+    include_bias: bool
+    squeeze_output: bool
+    activation_function: str
+    include_emb: bool
+    vocab_size: Optional[int]
+    max_position_embeddings: Optional[int]
 
     def __init__(
         self,
@@ -153,6 +164,8 @@ class MLPBlock(nn.Module):
 class MLPModel(BuiltinModule):
     """A stack of :class:`MLPBlock` s; returns ``last_hidden_state``."""
 
+    config: MLPConfig
+
     def __init__(self, config: Optional[MLPConfig] = None) -> None:
         super().__init__()
         config = MLPConfig() if config is None else config
@@ -188,6 +201,7 @@ class MLPModel(BuiltinModule):
                 "this MLP has no embedding (config.include_emb=False); "
                 "pass inputs_embeds instead of input_ids"
             )
+        assert input_ids is not None  # exactly one of the two is given (checked above)
         ids = input_ids if input_ids.dim() == 2 else input_ids.reshape(input_ids.shape[0], -1)
         hidden = self.wte(ids)
         if hasattr(self, "wpe"):
@@ -241,6 +255,8 @@ class MLPForClassification(BuiltinModule):
     Given ``labels`` the output also holds ``loss``: cross-entropy, or mean
     squared error when ``num_classes == 1``.
     """
+
+    config: MLPConfig
 
     def __init__(self, config: Optional[MLPConfig] = None) -> None:
         super().__init__()
