@@ -57,12 +57,12 @@ def hook_device(module: nn.Module) -> torch.device | None:
 
 
 def _first_real(module: nn.Module, recurse: bool = True) -> torch.Tensor | None:
-    for t in module.parameters(recurse=recurse):
-        if t.device != _META:
-            return t
-    for t in module.buffers(recurse=recurse):
-        if t.device != _META and t.is_floating_point():
-            return t
+    for p in module.parameters(recurse=recurse):
+        if p.device != _META:
+            return p
+    for b in module.buffers(recurse=recurse):
+        if b.device != _META and b.is_floating_point():
+            return b
     return None
 
 
@@ -132,7 +132,7 @@ def place(intervention: nn.Module, device: torch.device | None, dtype: torch.dty
         if id(m) in skip:
             continue
         keep = set(getattr(type(m), "exact_buffers", ()))
-        for name, p in m._parameters.items():
+        for p in m._parameters.values():
             if p is not None and p.is_floating_point() and p.dtype != dtype:
                 p.data = p.data.to(dtype)
         for name, b in list(m._buffers.items()):

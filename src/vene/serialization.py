@@ -327,17 +327,18 @@ def _read_tensors(directory: str, config: dict[str, Any]) -> dict[str, torch.Ten
 def _filter_kwargs(cls: type[Any], kwargs: dict[str, Any], where: str) -> dict[str, Any]:
     """Drop (with a warning) saved arguments that this version of ``cls`` no longer accepts."""
     try:
-        params = inspect.signature(cls.__init__).parameters
+        names: set[str] = set(inspect.signature(cls.__init__).parameters)
+        var_keyword = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(cls.__init__).parameters.values())
     except (TypeError, ValueError):
         return kwargs
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    if var_keyword:
         from .interventions.base import accepted_kwargs
 
         allowed = accepted_kwargs(cls)  # None: the class does not check its keywords
         if allowed is None:
             return kwargs
-        params = {**params, **dict.fromkeys(allowed)}
-    unknown = [k for k in kwargs if k not in params]
+        names |= set(allowed)
+    unknown = [k for k in kwargs if k not in names]
     if unknown:
         warnings.warn(f"{where}: {cls.__name__} no longer accepts {unknown}; dropped. Upgrade vene "
                       "if the artifact is newer.", UserWarning, stacklevel=5)

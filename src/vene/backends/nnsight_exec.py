@@ -37,7 +37,7 @@ def envoy_at(model: Any, path: str) -> Any:
     return envoy
 
 
-def _out_of_order() -> type:
+def _out_of_order() -> type[BaseException]:
     from nnsight.intervention.interleaver import OutOfOrderError
 
     return OutOfOrderError
@@ -69,6 +69,7 @@ class SiteServer:
             op.fired += 1
             op.act(live, fire, call)
         if self.counts_for_stop and not self.done:
+            assert self.stop is not None  # counts_for_stop is set only with a StopCount
             self.done = True
             self.stop.left -= 1
             if self.stop.left <= 0:

@@ -15,9 +15,10 @@ import dataclasses
 import importlib
 import logging
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import torch
+from torch import nn
 
 from .. import engine
 from ..errors import ConfigError
@@ -291,7 +292,7 @@ def _shippable(intervention: torch.nn.Module) -> torch.nn.Module:
         copy = _deepcopy(intervention)
         for m in list(copy.modules()):
             if parametrize.is_parametrized(m):
-                for name in list(m.parametrizations.keys()):
+                for name in list(cast(nn.ModuleDict, m.parametrizations).keys()):
                     parametrize.remove_parametrizations(m, name, leave_parametrized=True)
     return copy
 

@@ -11,7 +11,7 @@ DDP and ``accelerate`` need no wrapper: ``DistributedDataParallel(pv_model)`` an
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -75,9 +75,10 @@ class TrainingModule(nn.Module):
     def train(self, mode: bool = True) -> TrainingModule:
         self.training = mode
         self.intervenable.training = mode
-        self.intervenable.interventions.train(mode)
+        interventions = cast(nn.Module, self.intervenable.interventions)  # an IntervenableModel's ModuleDict
+        interventions.train(mode)
         if getattr(self.intervenable, "model_has_grad", False):
-            self.intervenable.model.train(mode)
+            cast(nn.Module, self.intervenable.model).train(mode)
         return self
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
