@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import batching, engine, generation
+from . import batching, engine, generation, reuse
 from .batching import FUSE_BUDGET  # noqa: F401  (re-exported: the documented budget)
 from .components import get_module, resolve_site
 from .config import IntervenableConfig, RepresentationConfig
@@ -86,6 +86,10 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
     (below :data:`FUSE_BUDGET` rows x tokens x width on CPU, where bigger batches are compute-bound
     and separate, early-stopped source passes are faster); ``True`` always fuses when shapes allow;
     ``False`` never fuses (use it for models whose examples interact within a batch).
+
+    ``reuse_sources`` (default True): a source whose inputs and model state are the same as in an
+    earlier call (of any ``IntervenableModel`` on this model) reads the activations recorded then
+    instead of running again; see :mod:`vene.reuse` for exactly when. False always runs sources.
     """
 
     def __init__(
@@ -97,6 +101,7 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
         intervenables_sort_fn: Any = None,
         batch_sources: bool | str = "auto",
         freeze_model: bool = True,
+        reuse_sources: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -116,6 +121,9 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
         if batch_sources not in (True, False, "auto"):
             raise ConfigError(f"batch_sources must be True, False or 'auto', got {batch_sources!r}.")
         self.batch_sources = batch_sources
+        if not isinstance(reuse_sources, bool):
+            raise ConfigError(f"reuse_sources must be True or False, got {reuse_sources!r}.")
+        self.reuse_sources = reuse_sources
         self.model_has_grad = False
         self.representations: dict[str, RepresentationConfig] = {}
         self.interventions = nn.ModuleDict()
@@ -281,16 +289,22 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
             extra["use_cache"] = use_cache
         self.full_intervention_outputs = plan.full_outputs
         coupled = labels is not None or bool(use_cache) or self._stateful or any(m.training for m in self._batchnorms)
-        fuse = (bool(plan.groups_read()) or output_original_output) and batching.can_fuse(
-            plan, base, self.batch_sources, output_original_output, self.model_config, coupled)
+        reused = None
+        if self.reuse_sources and not self.model_has_grad and not self._stateful:
+            reused = reuse.plan_reuse(self.model, plan)
+        # sources recorded before (or seen before: recorded now for the next calls) run apart
+        fuse = (reused is None or not reused.any_seen) and (bool(plan.groups_read()) or output_original_output) \
+            and batching.can_fuse(plan, base, self.batch_sources, output_original_output, self.model_config, coupled)
         if fuse:
             if self._uses_cache_flag and "use_cache" not in extra:
                 extra["use_cache"] = False
             rows = batching.layout(plan, base, output_original_output)
             original, intervened = engine.run_fused(self.model, plan, base, rows, extra)
+            if reused is not None:
+                reused.note_fused(plan)
         else:
             original, intervened = engine.run_separate(self.model, plan, base, extra, output_original_output,
-                                                       self.model_has_grad, not self._stateful)
+                                                       self.model_has_grad, not self._stateful, reused)
         collected = None
         if self.return_collect_activations:
             collected = []
