@@ -132,7 +132,7 @@ def loop_case(model, reps: int, pairs: int = 8, seq: int = 12, pos: int = 4) -> 
 
     def vene_many():
         calls = [pv.Call({"layer": l, "component": "block_output"}, corrupt, [clean], {"sources->base": pos}) for l in range(n)]
-        return pv.run_calls(model, calls)
+        return pv.run_calls(model, calls).logits
 
     fns = {"hand hooks (31 passes)": hand}
     if HAS_NEW:
@@ -171,9 +171,17 @@ def das_case(model, reps: int, rank: int, batch: int, seq: int = 12) -> dict:
     mod = model.model.layers[layer]
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(1)
-    base = {"input_ids": torch.randint(0, vocab, (batch, seq), generator=g)}
-    src = {"input_ids": torch.randint(0, vocab, (batch, seq), generator=g)}
-    labels = torch.randint(0, vocab, (batch,), generator=g)
+    # a new batch every step, as in training (a repeated source would be reused, see vene.reuse)
+    data = [({"input_ids": torch.randint(0, vocab, (batch, seq), generator=g)},
+             {"input_ids": torch.randint(0, vocab, (batch, seq), generator=g)},
+             torch.randint(0, vocab, (batch,), generator=g)) for _ in range(reps + 2)]
+    step_of = {"hand": 0, "vene": 0}
+
+    def next_batch(who):
+        i = step_of[who]
+        step_of[who] += 1
+        return data[i % len(data)]
+
     pos = seq - 1
     cfg = {"layer": layer, "component": "block_output", "low_rank_dimension": rank,
            "intervention_type": pv.LowRankRotatedSpaceIntervention}
@@ -185,6 +193,7 @@ def das_case(model, reps: int, rank: int, batch: int, seq: int = 12) -> dict:
     opt_h = torch.optim.Adam(hand_iv.parameters(), lr=1e-3)
 
     def vene_step():
+        base, src, labels = next_batch("vene")
         _, out = pvm(base, [src], {"sources->base": pos})
         loss = torch.nn.functional.cross_entropy(out.logits[:, -1], labels)
         loss.backward()
@@ -193,6 +202,7 @@ def das_case(model, reps: int, rank: int, batch: int, seq: int = 12) -> dict:
         return loss.detach()
 
     def hand_step():
+        base, src, labels = next_batch("hand")
         store = {}
 
         def save(m, a, o):

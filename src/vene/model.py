@@ -292,8 +292,11 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
         reused = None
         if self.reuse_sources and not self.model_has_grad and not self._stateful:
             reused = reuse.plan_reuse(self.model, plan)
-        # sources recorded before (or seen before: recorded now for the next calls) run apart
+        # sources recorded before (or seen before: recorded now for the next calls) run apart;
+        # so do the sources of a training step ("auto"): a fused pass would carry their rows
+        # through the autograd graph from the first trained site on, a no_grad source pass does not
         fuse = (reused is None or not reused.any_seen) and (bool(plan.groups_read()) or output_original_output) \
+            and not (self.batch_sources == "auto" and self._trains_now()) \
             and batching.can_fuse(plan, base, self.batch_sources, output_original_output, self.model_config, coupled)
         if fuse:
             if self._uses_cache_flag and "use_cache" not in extra:
@@ -315,6 +318,14 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
         if self.return_collect_activations:
             return (original, collected), intervened
         return original, intervened
+
+    def _trains_now(self) -> bool:
+        """Grad is on and something records a graph (an intervention's or the model's weights)."""
+        if not torch.is_grad_enabled():
+            return False
+        if self.model_has_grad:
+            return True
+        return any(p.requires_grad for iv in self.interventions.values() for p in iv.parameters())
 
     def generate(self, base: Any, *args: Any, **kwargs: Any) -> Any:
         """Generate with the interventions applied; pyvene's arguments and returns plus step and
