@@ -157,6 +157,7 @@ def loop_case(model, reps: int, pairs: int = 8, seq: int = 12, pos: int = 4) -> 
             d = float((f() - ref).abs().max())
             assert d < 1e-3, (k, d)
         res = bench(fns, reps)
+    print(f"[loop case: {pairs} pairs]", flush=True)
     report(f"per-layer activation patching loop, SmolLM2-135M, {pairs} pairs x {n} layers x {seq} tokens",
            res, "hand hooks (31 passes)")
     return res
@@ -281,8 +282,60 @@ def _overhead(reps: int) -> dict:
     twelve = pv.IntervenableModel([{"layer": l, "component": c} for l in range(2) for c in comps],
                                   model=model, batch_sources=False)
     locs12 = {"sources->base": [[[3]]] * 12}
+    # hand-written hooks doing the same work, with the source values the user kept from before
+    with torch.no_grad():
+        _, twelve_src = pv.IntervenableModel([{"layer": l, "component": c, "intervention_type": pv.CollectIntervention}
+                                              for l in range(2) for c in comps], model=model)(src, unit_locations={"base": 3})[0]
+    sites = [(twelve.key_specs[i].module, twelve.key_specs[i].site.io) for i in range(12)]
+
+    def hand(which):
+        def run():
+            handles = []
+            for i in which:
+                mod, io = sites[i]
+                val = twelve_src[i]
+                if io == "output":
+                    def h(m, a, o, val=val):
+                        t = o if isinstance(o, torch.Tensor) else o[0]
+                        t[:, 3:4] = val
+                        return o
+                    handles.append(mod.register_forward_hook(h))
+                else:
+                    def h(m, a, val=val):
+                        t = a[0].clone()
+                        t[:, 3:4] = val
+                        return (t,) + tuple(a[1:])
+                    handles.append(mod.register_forward_pre_hook(h))
+            try:
+                return model(**base)
+            finally:
+                for hd in handles:
+                    hd.remove()
+        return run
+
+    def hand_collect():
+        kept = {}
+
+        def keep(m, a, o):
+            kept["x"] = (o if isinstance(o, torch.Tensor) else o[0])[:, 3:4].clone()
+
+        h = model.transformer.h[1].register_forward_hook(keep)
+        try:
+            return model(**base), kept["x"]
+        finally:
+            h.remove()
+
+    one_site = twelve.sorted_keys.index(next(k for k in twelve.sorted_keys if k.startswith("layer_1_comp_block_output")))
+    with torch.no_grad():
+        d1 = float((hand([one_site])().logits - one(base, [src], {"sources->base": 3})[1].logits).abs().max())
+        d12 = float((hand(range(12))().logits - twelve(base, [src], locs12)[1].logits).abs().max())
+        dc = float((hand_collect()[1] - collect(base, unit_locations={"base": 3})[0][1][0]).abs().max())
+    assert max(d1, d12, dc) < 1e-5, (d1, d12, dc)
     fns = {
         "plain forward": lambda: model(**base),
+        "hand hook Collect (1 site)": hand_collect,
+        "hand hook interchange (kept source, 1 site)": hand([one_site]),
+        "hand hooks 12 interchanges (kept sources)": hand(range(12)),
         "vene Collect (1 site)": lambda: collect(base, unit_locations={"base": 3}),
         "vene interchange (1 site, source pass)": lambda: one(base, [src], {"sources->base": 3}),
         "vene 12 interventions (source pass)": lambda: twelve(base, [src], locs12),
@@ -301,6 +354,7 @@ def main() -> None:
     ap.add_argument("--only", default="loop,das,overhead")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--pairs", type=int, default=8, help="prompt pairs of the loop case")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, pyvene {'yes' if pyvene else 'not installed'}")
@@ -311,7 +365,8 @@ def main() -> None:
     if only & {"loop", "das"}:
         model = _smollm()
         if "loop" in only:
-            out["loop"] = loop_case(model, args.reps)
+            out["loop"] = loop_case(model, args.reps, pairs=args.pairs)
+            out["loop_pairs"] = args.pairs
         if "das" in only:
             out["das_r1_b8"] = das_case(model, args.reps, 1, 8)
             out["das_r16_b32"] = das_case(model, args.reps, 16, 32)

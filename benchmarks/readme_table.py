@@ -32,7 +32,7 @@ def table(data: dict) -> str:
     if loop:
         ref = "hand hooks (31 passes)"
         rows.append(
-            f"| per-layer activation patching loop, pyvene style (SmolLM2-135M, 8 pairs x 30 layers x 12 tokens) "
+            f"| per-layer activation patching loop, pyvene style (SmolLM2-135M, {data.get('loop_pairs', 8)} pairs x 30 layers x 12 tokens) "
             f"| {loop[ref]:.0f} ms (1 clean pass + 30 patched passes) "
             f"| {_ratio(loop, 'vene, pyvene-style loop', ref)} (source reuse) "
             f"| `reuse_sources=False`: {_ratio(loop, 'vene, pyvene-style loop, reuse_sources=False', ref)} |")
@@ -65,12 +65,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--from-json", default=None)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--pairs", type=int, default=8)
     args = ap.parse_args()
     path = args.from_json
     if path is None:
         path = str(HERE / "results" / "perf_paths.json")
         (HERE / "results").mkdir(exist_ok=True)
-        subprocess.run([sys.executable, str(HERE / "perf_paths.py"), "--reps", str(args.reps), "--json", path], check=True)
+        subprocess.run([sys.executable, str(HERE / "perf_paths.py"), "--reps", str(args.reps), "--pairs", str(args.pairs), "--json", path], check=True)
     data = json.loads(Path(path).read_text())
     text = README.read_text()
     if START not in text or END not in text:

@@ -124,35 +124,36 @@ class SourceStore:
 
     def __init__(self, model: nn.Module) -> None:
         self.model_ref = weakref.ref(model)
-        self.modules = list(model.modules())
+        self.refresh_modules()
         self.entries: list[Entry] = []  # most recently used last
         self.budget = DEFAULT_BUDGET
         self.hits = 0
         self.misses = 0
 
     def fingerprint(self) -> tuple:
-        """The model state a recorded activation depends on (see the module docstring)."""
-        out: list = [len(self.modules), tuple(torch.nn.modules.module._global_forward_hooks),
-                     tuple(torch.nn.modules.module._global_forward_pre_hooks)]
-        for m in self.modules:
-            out.append(m.training)
-            out.append(len(m._modules))
-            for p in m._parameters.values():
-                if p is not None:
-                    out.append(p._version)
-                    out.append(p.data_ptr())
-            for b in m._buffers.values():
-                if b is not None:
-                    out.append(_version(b))
-                    out.append(b.data_ptr())
-            if m._forward_hooks or m._forward_pre_hooks:
-                out.append((tuple(m._forward_hooks), tuple(m._forward_pre_hooks)))
-        return tuple(out)
+        """The model state a recorded activation depends on (see the module docstring). Element
+        0 is the modules' ``training`` flags."""
+        ms, dicts = self.modules, self.dicts
+        try:
+            versions = tuple([t._version for d in dicts for t in d.values() if t is not None])
+        except RuntimeError:  # an inference-mode buffer has no version counter: never reuse
+            versions = (object(),)
+        return (
+            tuple([m.training for m in ms]),
+            versions,
+            tuple([t.data_ptr() for d in dicts for t in d.values() if t is not None]),
+            tuple([len(m._modules) for m in ms]),
+            tuple([(i, tuple(m._forward_hooks), tuple(m._forward_pre_hooks)) for i, m in enumerate(ms)
+                   if m._forward_hooks or m._forward_pre_hooks]),
+            tuple(torch.nn.modules.module._global_forward_hooks),
+            tuple(torch.nn.modules.module._global_forward_pre_hooks),
+        )
 
     def refresh_modules(self) -> None:
         model = self.model_ref()
         if model is not None:
             self.modules = list(model.modules())
+            self.dicts = [d for m in self.modules for d in (m._parameters, m._buffers)]
 
     def find(self, inputs: Mapping, fingerprint: tuple) -> Entry | None:
         for i in range(len(self.entries) - 1, -1, -1):
@@ -395,6 +396,6 @@ def plan_reuse(model: nn.Module, plan: Any) -> CallReuse | None:
     if store.budget <= 0:
         return None
     fp = store.fingerprint()
-    if any(m.training for m in store.modules):
+    if any(fp[0]):  # a module in training mode (dropout): sources may differ every call
         return None
     return CallReuse(model, store, fp, plan)
