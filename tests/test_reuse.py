@@ -256,3 +256,21 @@ def test_loop_over_an_input_site(model):
             with hooked(mod, patch, pre=True):
                 want = model(**base).logits
             torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_wide_recording_stays_within_the_budget(model, monkeypatch):
+    """With room for one more site only, the wide pass records the requested site and no sibling."""
+    base, src = ids(2, seed=1), ids(2, seed=2)
+    per_site = 2 * 6 * 32 * 4  # batch x tokens x n_embd x float32
+    store = reuse.store_for(model)
+    with torch.no_grad():
+        call(model, 0, base, src)  # records layer 0 (early stopped)
+        reuse.set_budget(model, store.entries[-1].nbytes + per_site + 8)
+        counter = PassCounter(model, monkeypatch)
+        call(model, 1, base, src)  # seen at another site: a wide pass, with room for its own site only
+        assert counter.n == 2
+        assert sorted(p for p, _ in store.entries[-1].sites) == ["transformer.h.0", "transformer.h.1"]
+        assert sum(e.nbytes for e in store.entries) <= store.budget
+        for l in range(3):
+            torch.testing.assert_close(call(model, l, base, src), hand_interchange(model, l, base, src, 2), rtol=0, atol=1e-6)
+        assert sum(e.nbytes for e in store.entries) <= store.budget

@@ -229,6 +229,15 @@ def set_budget(model: nn.Module, nbytes: int) -> None:
 _INDEX = re.compile(r"^\.(\d+)(\..*)?$")
 
 
+def _after_first(sites: list[SiteKey], site: SiteKey) -> list[SiteKey]:
+    """``sites`` in the order a loop over layers reaches them from ``site``: the later layers
+    first, then the earlier ones."""
+    if site not in sites:
+        return sites
+    i = sites.index(site)
+    return sites[i + 1:] + sites[:i]
+
+
 def siblings(model: nn.Module, site: SiteKey) -> list[SiteKey]:
     """The same site at every layer of the model's default layer stack (``site`` itself when it
     is not inside the stack)."""
@@ -359,8 +368,13 @@ class CallReuse:
         wide = s == "seen"
         sites = list(needed)
         if wide:
-            for site in needed:
-                sites.extend(x for x in siblings(self.model, site) if x not in sites)
+            extra = [x for site in needed for x in _after_first(siblings(self.model, site), site) if x not in needed]
+            extra = list(dict.fromkeys(extra))
+            room = self.store.budget - sum(e.nbytes for e in self.store.entries) - len(needed) * self._estimate(source)
+            fit = max(0, int(room // max(self._estimate(source), 1)))
+            if fit < len(extra):
+                logger.info("source reuse: recording %d of %d sibling sites (memory budget)", fit, len(extra))
+            sites.extend(extra[:fit])
         by_module = {op.spec.site.module_path: op.spec.module for op in ops}
         keeps, sinks = [], {}
         for path, io in sites:
@@ -370,6 +384,19 @@ class CallReuse:
             sinks[(path, io)] = sink = []
             keeps.append(Keep(path, io, module, sink))
         return keeps, wide, (source, entry, sinks, set(needed))
+
+    def _estimate(self, source: Mapping) -> int:
+        """Bytes of one site's tensor for ``source``: batch x tokens x model width x element size
+        (sites inside MLPs may be wider; the budget is checked again after recording)."""
+        tokens = 1
+        for v in source.values():
+            if isinstance(v, torch.Tensor) and v.dim() >= 1:
+                tokens = v.shape[0] * (v.shape[1] if v.dim() >= 2 else 1)
+                break
+        cfg = getattr(self.model, "config", None)
+        width = next((getattr(cfg, a) for a in ("hidden_size", "n_embd", "d_model") if isinstance(getattr(cfg, a, None), int)), 1024)
+        el = next((p.element_size() for p in self.model.parameters()), 4)
+        return tokens * width * el
 
     def commit(self, token: Any) -> None:
         source, entry, sinks, needed = token
