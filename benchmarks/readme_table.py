@@ -50,10 +50,16 @@ def table(data: dict) -> str:
     ov = data.get("overhead")
     if ov:
         plain = ov["plain forward"]
-        for k in ("vene Collect (1 site)", "vene interchange (1 site, source pass)", "vene 12 interventions (source pass)"):
+        cases = (("vene Collect (1 site)", "hand hook Collect (1 site)", "one Collect"),
+                 ("vene interchange (1 site, source pass)", "hand hook interchange (kept source, 1 site)",
+                  "one interchange (source reused)"),
+                 ("vene 12 interventions (source pass)", "hand hooks 12 interchanges (kept sources)",
+                  "12 interchanges (sources reused)"))
+        for k, hk, name in cases:
+            hand = f"+{ov[hk] - plain:.3f} ms" if hk in ov else "n/a"
             rows.append(
-                f"| per-call cost, tiny GPT-2 (2 x 64), b=1, repeated call: {k[5:]} "
-                f"| plain forward {plain:.3f} ms | +{ov[k] - plain:.3f} ms | |")
+                f"| per-call cost over a plain forward ({plain:.3f} ms), tiny GPT-2 (2 x 64), b=1, repeated call: {name} "
+                f"| {hand} | +{ov[k] - plain:.3f} ms | |")
     pyv = "pyvene installed: yes" if data.get("pyvene") else "pyvene not installed (no pyvene column)"
     foot = (f"\n{data.get('reps', '?')} timed rounds after 1 warm-up, medians; torch threads {data.get('threads', '?')} "
             f"(the per-call case: 1 thread); {pyv}; {platform.machine()}, {os.cpu_count()} CPUs. "
