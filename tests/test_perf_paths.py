@@ -6,10 +6,10 @@ import warnings
 
 import pytest
 import torch
+from tiny_models import gpt2, ids, llama
 
 import vene as pv
 from vene import reuse
-from tiny_models import gpt2, ids, llama
 
 
 def one_by_one(model, calls):
@@ -115,7 +115,7 @@ def test_das_step_keeps_source_rows_out_of_the_graph_and_matches_the_fused_gradi
         pvm = _das(model, policy)
         seen = []
 
-        def count(mod, args, out):
+        def count(mod, args, out, seen=seen):
             seen.append(out[0].shape[0] if isinstance(out, tuple) else out.shape[0])
 
         h = model.transformer.h[2].register_forward_hook(count)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import capture, gpt2, hooked, ids
 
 import vene as pv
 from vene import reuse
-from tiny_models import capture, gpt2, hooked, ids
 
 
 @pytest.fixture
@@ -248,7 +248,7 @@ def test_loop_over_an_input_site(model):
             mod = model.transformer.h[l]
             s = capture(model, mod, src, pre=True)
 
-            def patch(t):
+            def patch(t, s=s):
                 t = t.clone()
                 t[:, 1] = s[:, 1]
                 return t

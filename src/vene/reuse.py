@@ -200,7 +200,7 @@ class SourceStore:
         self.entries.clear()
 
 
-_STORES: "weakref.WeakKeyDictionary[nn.Module, SourceStore]" = weakref.WeakKeyDictionary()
+_STORES: weakref.WeakKeyDictionary[nn.Module, SourceStore] = weakref.WeakKeyDictionary()
 
 
 def store_for(model: nn.Module) -> SourceStore:
@@ -262,6 +262,7 @@ def siblings(model: nn.Module, site: SiteKey) -> list[SiteKey]:
         try:
             get_module(model, p)
         except Exception:  # noqa: BLE001 - a layer without this submodule has no sibling
+            logger.debug("source reuse: layer %d has no %s", j, p)
             continue
         out.append((p, io))
     return out if site in out else [site]
@@ -272,7 +273,7 @@ def siblings(model: nn.Module, site: SiteKey) -> list[SiteKey]:
 
 
 class _SiteRef:
-    __slots__ = ("site", "module", "key", "unit")
+    __slots__ = ("key", "module", "site", "unit")
 
     def __init__(self, path: str, io: str, module: nn.Module) -> None:
         from .components import Site
