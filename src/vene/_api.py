@@ -6,6 +6,7 @@ of this module.
 from __future__ import annotations
 
 from . import components, data_generators, models
+from .calls import Call, CallFallbackWarning, CallsResult, run_calls
 from .causal_model import CausalModel, CausalModelError, SamplingError
 from .components import list_components, type_to_dimension_mapping, type_to_module_mapping
 from .config import IntervenableConfig, RepresentationConfig
@@ -127,4 +128,5 @@ __all__ = [
     "create_blip", "create_blip_itm", "create_directory", "create_gpt_oss", "create_llava", "create_olmo",
     "get_type_from_string", "harmonic_sigmoid_boundary", "random_permutation_matrix", "data_generators",
     "TrainingModule", "collate_interventions", "placement_report",
+    "Call", "CallFallbackWarning", "CallsResult", "run_calls",
 ]

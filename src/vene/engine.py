@@ -97,7 +97,17 @@ def protected_storages(*inputs: Mapping | None) -> set[int]:
 
 
 def run_source_pass(model: nn.Module, inputs: Mapping, ops: list[Op], plan: CallPlan, protected: set[int],
-                    early_stop: bool) -> None:
+                    early_stop: bool, reuse: Any = None) -> None:
+    """One source pass; with ``reuse`` (a :class:`vene.reuse.CallReuse`) its getters are served
+    from recorded activations when the source was recorded, else the pass records for later."""
+    if reuse is not None and reuse.serve(inputs, ops, plan):
+        check_fired(ops, "source pass")
+        return
+    token = None
+    if reuse is not None:
+        keeps, wide, token = reuse.recorders(inputs, ops)
+        ops = keeps + ops
+        early_stop = early_stop and not wide
     stop = [0] if early_stop else None
     with HookSession(model) as session:
         install(session, model, ops, plan, protected, stop)
@@ -106,11 +116,15 @@ def run_source_pass(model: nn.Module, inputs: Mapping, ops: list[Op], plan: Call
         except StopForward:
             pass
     check_fired([op for op in ops if op.reads_source], "source pass")
+    if token is not None:
+        reuse.commit(token)
 
 
-def run_sources(model: nn.Module, plan: CallPlan, protected: set[int], model_has_grad: bool, early_stop: bool) -> None:
+def run_sources(model: nn.Module, plan: CallPlan, protected: set[int], model_has_grad: bool, early_stop: bool,
+                reuse: Any = None) -> None:
     """Run the source passes (getters; in serial mode also the hops into later sources).
-    Parallel-mode source passes record no autograd graph unless the model itself trains."""
+    Parallel-mode source passes record no autograd graph unless the model itself trains;
+    ``reuse``: see :func:`run_source_pass` (parallel mode only)."""
     if plan.serial:
         for g in sorted(set(plan.groups_read()) | plan.groups_written()):
             src = plan.sources[g]
@@ -126,7 +140,7 @@ def run_sources(model: nn.Module, plan: CallPlan, protected: set[int], model_has
     for gs in by_source.values():
         ops = ops_for(plan, {g: None for g in gs}, {})
         with torch.set_grad_enabled(model_has_grad and torch.is_grad_enabled()):
-            run_source_pass(model, plan.sources[gs[0]], ops, plan, protected, early_stop)
+            run_source_pass(model, plan.sources[gs[0]], ops, plan, protected, early_stop, reuse)
 
 
 def run_fused(model: nn.Module, plan: CallPlan, base: Mapping, rows: RowLayout, extra: dict) -> tuple[Any, Any]:
@@ -141,11 +155,12 @@ def run_fused(model: nn.Module, plan: CallPlan, base: Mapping, rows: RowLayout, 
 
 
 def run_separate(model: nn.Module, plan: CallPlan, base: Mapping, extra: dict, want_original: bool,
-                 model_has_grad: bool, early_stop: bool) -> tuple[Any, Any]:
-    """Source passes, then the base pass; returns ``(original or None, intervened)`` outputs."""
+                 model_has_grad: bool, early_stop: bool, reuse: Any = None) -> tuple[Any, Any]:
+    """Source passes (or recorded activations, with ``reuse``), then the base pass; returns
+    ``(original or None, intervened)`` outputs."""
     original = model(**base, **extra) if want_original else None
     protected = protected_storages(base, *plan.sources)
-    run_sources(model, plan, protected, model_has_grad, early_stop)
+    run_sources(model, plan, protected, model_has_grad, early_stop, reuse)
     ops = ops_for(plan, {}, {plan.n_groups: None})
     with HookSession(model) as session:
         install(session, model, ops, plan, protected)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import batching, engine, generation
+from . import batching, engine, generation, reuse
 from .batching import FUSE_BUDGET  # noqa: F401  (re-exported: the documented budget)
 from .components import get_module, resolve_site
 from .config import IntervenableConfig, RepresentationConfig
@@ -94,6 +94,10 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
     module's floating dtype, except orthogonal rotations (DAS), which stay in float32 (values are
     cast at the site); ``intervention_dtype=torch.float32`` (or any floating dtype) puts every
     intervention in that dtype instead.
+
+    ``reuse_sources`` (default True): a source whose inputs and model state are the same as in an
+    earlier call (of any ``IntervenableModel`` on this model) reads the activations recorded then
+    instead of running again; see :mod:`vene.reuse` for exactly when. False always runs sources.
     """
 
     def __init__(
@@ -106,6 +110,7 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
         batch_sources: bool | str = "auto",
         freeze_model: bool = True,
         intervention_dtype: torch.dtype | None = None,
+        reuse_sources: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -133,6 +138,9 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
             )
         self.intervention_dtype = intervention_dtype
         placed: set[int] = set()
+        if not isinstance(reuse_sources, bool):
+            raise ConfigError(f"reuse_sources must be True or False, got {reuse_sources!r}.")
+        self.reuse_sources = reuse_sources
         self.model_has_grad = False
         self.representations: dict[str, RepresentationConfig] = {}
         self.interventions = nn.ModuleDict()
@@ -314,16 +322,25 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
             extra["use_cache"] = use_cache
         self.full_intervention_outputs = plan.full_outputs
         coupled = labels is not None or bool(use_cache) or self._stateful or any(m.training for m in self._batchnorms)
-        fuse = (bool(plan.groups_read()) or output_original_output) and batching.can_fuse(
-            plan, base, self.batch_sources, output_original_output, self.model_config, coupled)
+        reused = None
+        if self.reuse_sources and not self.model_has_grad and not self._stateful:
+            reused = reuse.plan_reuse(self.model, plan)
+        # sources recorded before (or seen before: recorded now for the next calls) run apart;
+        # so do the sources of a training step ("auto"): a fused pass would carry their rows
+        # through the autograd graph from the first trained site on, a no_grad source pass does not
+        fuse = (reused is None or not reused.any_seen) and (bool(plan.groups_read()) or output_original_output) \
+            and not (self.batch_sources == "auto" and self._trains_now()) \
+            and batching.can_fuse(plan, base, self.batch_sources, output_original_output, self.model_config, coupled)
         if fuse:
             if self._uses_cache_flag and "use_cache" not in extra:
                 extra["use_cache"] = False
             rows = batching.layout(plan, base, output_original_output)
             original, intervened = engine.run_fused(self.model, plan, base, rows, extra)
+            if reused is not None:
+                reused.note_fused(plan)
         else:
             original, intervened = engine.run_separate(self.model, plan, base, extra, output_original_output,
-                                                       self.model_has_grad, not self._stateful)
+                                                       self.model_has_grad, not self._stateful, reused)
         collected = None
         if self.return_collect_activations:
             collected = []
@@ -334,6 +351,14 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
         if self.return_collect_activations:
             return (original, collected), intervened
         return original, intervened
+
+    def _trains_now(self) -> bool:
+        """Grad is on and something records a graph (an intervention's or the model's weights)."""
+        if not torch.is_grad_enabled():
+            return False
+        if self.model_has_grad:
+            return True
+        return any(p.requires_grad for iv in self.interventions.values() for p in iv.parameters())
 
     def generate(self, base: Any, *args: Any, **kwargs: Any) -> Any:
         """Generate with the interventions applied; pyvene's arguments and returns plus step and

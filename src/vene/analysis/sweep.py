@@ -120,6 +120,25 @@ def sweep_site(model: nn.Module, component: str, layer: int) -> Site:
     return resolve_site(model, component, layer)
 
 
+class _Values:
+    """One value per cell, each a scalar or a tensor of one shape (allocated at the first put)."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.t = n, None
+
+    def put(self, ks: Any, vals: torch.Tensor) -> None:
+        if self.t is None:
+            self.t = torch.empty((self.n,) + tuple(vals.shape[1:]))
+        if isinstance(ks, torch.Tensor):
+            idx = ks
+        else:
+            idx = torch.as_tensor(list(ks) if not isinstance(ks, int) else [ks], dtype=torch.long)
+        self.t[idx] = vals.reshape((len(idx),) + tuple(self.t.shape[1:])).to(self.t.dtype)
+
+    def get(self) -> torch.Tensor:
+        return self.t if self.t is not None else torch.empty(self.n)
+
+
 class SweepRunner:
     """Record a clean run and a base run once, then evaluate many cells in few batched passes.
 
@@ -305,7 +324,8 @@ class SweepRunner:
     # -- the sweep -----------------------------------------------------------------------------
     def run(self, cells: Sequence[Sequence[Patch]], cell_values: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """Evaluate ``cells``. ``cell_values(logits)`` maps last-position logits ``(n_cells, S,
-        vocab)`` of complete cells to one value per cell ``(n_cells,)``. Returns ``(len(cells),)``."""
+        vocab)`` of complete cells to one value per cell ``(n_cells, *shape)`` (``shape`` is
+        usually ``()``; :func:`vene.run_calls` keeps the logits). Returns ``(len(cells), *shape)``."""
         if not self.recorded:
             self.record()
         for cell in cells:
@@ -314,19 +334,20 @@ class SweepRunner:
                     raise ConfigError(f"patch site {p.site} out of range")
                 if not 0 <= p.token < self.seq:
                     raise ConfigError(f"patch token {p.token} out of range (sequence length {self.seq})")
-        values = torch.empty(len(cells))
+        values = _Values(len(cells))
         if not cells:
-            return values
+            return values.get()
         # A patch whose clean value equals the base run's value (e.g. tokens before the first
         # corrupted one, under causal attention) changes nothing: drop it, and do not compute
         # cells left with no patch (they are the base run).
         cells = [[p for p in cell if self._changes(p)] for cell in cells]
         empty = [k for k, cell in enumerate(cells) if not cell]
         if empty:
-            values[torch.as_tensor(empty)] = cell_values(self.base_logits.unsqueeze(0)).float().cpu()[0]
+            base_value = cell_values(self.base_logits.unsqueeze(0)).float().cpu()[0]
+            values.put(empty, base_value.unsqueeze(0).expand((len(empty),) + tuple(base_value.shape)))
         todo = [k for k, cell in enumerate(cells) if cell]
         if not todo:
-            return values
+            return values.get()
         per_chunk = max(1, self.max_rows() // self.S)
         if self.stepping:
             plans = {k: self._entry(cells[k]) for k in todo}
@@ -347,8 +368,8 @@ class SweepRunner:
                 else:
                     vals = self._run_forward([cells[k] for k in chunk], cell_values)
                     bar.update(1)
-                values[torch.as_tensor(chunk)] = vals.float().cpu()
-        return values
+                values.put(chunk, vals.float().cpu())
+        return values.get()
 
     def _changes(self, p: Patch) -> bool:
         mask = self.cells.differs[p.site]
@@ -414,14 +435,14 @@ class SweepRunner:
                             self.cells.disarm()
                 bar.update(1)
         step = self._tail_cells()
-        vals = torch.empty(len(plans))
+        vals = _Values(len(plans))
         for g in groups:
             ks = g["ks"]
             for a in range(0, len(ks), step):
                 b = min(len(ks), a + step)
                 logits = st.tail(g["h"][a * S: b * S, -1:])
-                vals[torch.as_tensor(ks[a:b])] = cell_values(logits.view(b - a, S, -1)).float().cpu()
-        return vals
+                vals.put(ks[a:b], cell_values(logits.view(b - a, S, -1)).float().cpu())
+        return vals.get()
 
     def _run_forward(self, cells: list[Sequence[Patch]], cell_values: Callable) -> torch.Tensor:
         S, nc = self.S, len(cells)
