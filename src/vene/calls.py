@@ -100,7 +100,7 @@ def _cell(pvm: Any, call: Call, site_index: dict) -> tuple[list | None, str | No
         if key not in ("input_ids", "attention_mask"):
             return None, f"its inputs have {key!r} (sweeps take input_ids and attention_mask)"
     plan = pvm.plan_call(call.base, call.sources, call.unit_locations)
-    patches = []
+    patches: list[Patch] = []
     for k in plan.keys:
         spec = k.spec
         rep = pvm.representations[spec.key]
@@ -211,5 +211,7 @@ def run_calls(model: nn.Module, calls: Sequence[Call], *, memory_budget: int | N
             c = calls[i]
             _, res = pvms[i](c.base, c.sources, c.unit_locations)
             logits = getattr(res, "logits", res[0] if isinstance(res, (tuple, list)) else res)
+            if not isinstance(logits, torch.Tensor):
+                raise ConfigError(f"run_calls: call {i} returned no logits (got {type(res).__name__}).")
             out[i] = logits[:, -1].float().cpu()
-    return CallsResult(torch.stack(out), modes, reasons)
+    return CallsResult(torch.stack([o for o in out if o is not None]), modes, reasons)

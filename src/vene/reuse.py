@@ -58,7 +58,7 @@ class _Input:
     __slots__ = ("items",)
 
     def __init__(self, inputs: Mapping) -> None:
-        items = []
+        items: list[tuple[Any, str, Any, int | None, Any]] = []  # (key, kind, weakref, version, copy)
         for k, v in inputs.items():
             if isinstance(v, torch.Tensor):
                 ref = weakref.ref(v)
@@ -135,7 +135,7 @@ class SourceStore:
         0 is the modules' ``training`` flags."""
         ms, dicts = self.modules, self.dicts
         try:
-            versions = tuple([t._version for d in dicts for t in d.values() if t is not None])
+            versions: tuple[object, ...] = tuple([t._version for d in dicts for t in d.values() if t is not None])
         except RuntimeError:  # an inference-mode buffer has no version counter: never reuse
             versions = (object(),)
         return (
@@ -172,7 +172,7 @@ class SourceStore:
         self.entries.append(e)
         return e
 
-    def trim(self, keep: Entry | None = None, needed: set[SiteKey] = frozenset()) -> None:
+    def trim(self, keep: Entry | None = None, needed: set[SiteKey] | frozenset[SiteKey] = frozenset()) -> None:
         """Stay within the budget: drop least recently used sources, then ``keep``'s extra sites."""
         while len(self.entries) > MAX_SOURCES:
             self.entries.pop(0)
@@ -253,9 +253,12 @@ def siblings(model: nn.Module, site: SiteKey) -> list[SiteKey]:
         return [site]
     rest = m.group(2) or ""
     try:
-        n = len(model.get_submodule(stack))
-    except (AttributeError, TypeError):
+        layers = model.get_submodule(stack)
+    except AttributeError:
         return [site]
+    if not isinstance(layers, (nn.ModuleList, nn.Sequential, nn.ModuleDict)):
+        return [site]
+    n = len(layers)
     out = []
     for j in range(n):
         p = f"{stack}.{j}{rest}"
@@ -377,12 +380,14 @@ class CallReuse:
                 logger.info("source reuse: recording %d of %d sibling sites (memory budget)", fit, len(extra))
             sites.extend(extra[:fit])
         by_module = {op.spec.site.module_path: op.spec.module for op in ops}
-        keeps, sinks = [], {}
+        keeps: list[Op] = []
+        sinks: dict[SiteKey, list] = {}
         for path, io in sites:
             module = by_module.get(path)
             if module is None:
                 module = get_module(self.model, path)
-            sinks[(path, io)] = sink = []
+            sink: list = []
+            sinks[(path, io)] = sink
             keeps.append(Keep(path, io, module, sink))
         return keeps, wide, (source, entry, sinks, set(needed))
 

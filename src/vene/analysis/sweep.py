@@ -124,7 +124,8 @@ class _Values:
     """One value per cell, each a scalar or a tensor of one shape (allocated at the first put)."""
 
     def __init__(self, n: int) -> None:
-        self.n, self.t = n, None
+        self.n = n
+        self.t: torch.Tensor | None = None
 
     def put(self, ks: Any, vals: torch.Tensor) -> None:
         if self.t is None:
