@@ -131,8 +131,9 @@ def select_rows(obj: Any, rows: slice, total: int) -> Any:
         return type(obj)(select_rows(v, rows, total) for v in obj)
     if isinstance(obj, Mapping):
         items = {k: select_rows(v, rows, total) for k, v in obj.items()}
+        make: Any = type(obj)  # a dict, or a ModelOutput-like mapping taking keywords
         try:
-            return type(obj)(**items)
+            return make(**items)
         except TypeError:
-            return type(obj)(items)
+            return make(items)
     return obj

@@ -44,6 +44,7 @@ def ops_for(plan: CallPlan, getter_rows: Mapping[int, slice | None], target_rows
         if k.needs_getter and s.group in getter_rows:
             ops.append((StepGetter if timed else Getter)(s, k.src_loc, getter_rows[s.group]))
         if k.target in target_rows:
+            cls: type[Op]
             if timed:
                 cls = StepCollect if s.is_collect else StepSetter
             else:
@@ -140,7 +141,9 @@ def run_sources(model: nn.Module, plan: CallPlan, protected: set[int], model_has
     for gs in by_source.values():
         ops = ops_for(plan, {g: None for g in gs}, {})
         with torch.set_grad_enabled(model_has_grad and torch.is_grad_enabled()):
-            run_source_pass(model, plan.sources[gs[0]], ops, plan, protected, early_stop, reuse)
+            src = plan.sources[gs[0]]
+            assert src is not None  # a group that is read has a source (checked when planning)
+            run_source_pass(model, src, ops, plan, protected, early_stop, reuse)
 
 
 def run_fused(model: nn.Module, plan: CallPlan, base: Mapping, rows: RowLayout, extra: dict) -> tuple[Any, Any]:

@@ -166,8 +166,9 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
             site = resolve_site(model, rep.component, rep.layer, rep.moe_key)
             check_site(rep, site, model, key)
             intervention = self._build_intervention(config, i, rep, site)
-            if callable(getattr(intervention, "bind_site", None)):  # e.g. LoRA infers its input size
-                intervention.bind_site(get_module(model, site.module_path), site)
+            bind_site = getattr(intervention, "bind_site", None)
+            if callable(bind_site):  # e.g. LoRA infers its input size
+                bind_site(get_module(model, site.module_path), site)
             if isinstance(intervention, NoiseIntervention) and intervention.noise_level is None:
                 if emb_std is None:
                     emb_std = self._embedding_std()

@@ -158,7 +158,7 @@ def call_intervention(spec: KeySpec, base: torch.Tensor, source: Any, subspaces:
     shape = None
     if spec.flatten and base.dim() >= 3:
         base, shape = merge_units(base)
-        if source is not None and source.dim() == len(shape):
+        if source is not None and shape is not None and source.dim() == len(shape):
             source, _ = merge_units(source)
     kwargs = {}
     if spec.pass_kwargs:
@@ -220,6 +220,7 @@ class Setter(Op):
         if mask is None:
             scatter(v, loc, new)
         else:
+            assert loc is not None, "a step's row mask always comes with unit locations"
             scatter_masked(v, loc, new, mask)
 
     def _module_input(self, args: tuple, sel: torch.Tensor, loc: Loc | None) -> torch.Tensor:
@@ -397,10 +398,15 @@ class StepCollect(_StepBase):
         if rows is None:
             call.collected.setdefault(self.spec.key, []).append(new)
             return
-        b, u = self.index.pairs(fire, v.device)
+        index = self.index
+        assert index is not None  # step_rows built it
+        got = index.pairs(fire, v.device)
+        if got is None:  # no (example, unit) pair at this step
+            return
+        b, u = got
         bufs = call.collected.setdefault(self.spec.key, [])
         if not bufs:
-            bufs.append(new.new_zeros((self.index.batch, self.index.units) + tuple(new.shape[1:])))
+            bufs.append(new.new_zeros((index.batch, index.units) + tuple(new.shape[1:])))
         bufs[0][b, u] = new[b]
 
 
@@ -421,6 +427,7 @@ def site_hook(ops: list[Op], call: CallPlan, protected: set[int], stop: list[int
             op.fired += 1
             op.act(live, fire, call)
         if counts_for_stop and not done:
+            assert stop is not None  # counts_for_stop implies a countdown
             done = True
             stop[0] -= 1
             if stop[0] <= 0:

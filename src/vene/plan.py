@@ -46,7 +46,7 @@ class KeySpec:
     pass_kwargs: bool  # the intervention's forward takes **kwargs
     uses_module_input: bool  # the intervention also wants the hooked module's input (LoRA)
     getter_io: str  # where the getter reads ("input" for source_from_input interventions)
-    module: nn.Module = field(repr=False, default=None)
+    module: nn.Module | None = field(repr=False, default=None)  # set when the site resolves
 
     @property
     def constant(self) -> bool:

@@ -11,7 +11,6 @@ from .base import (
     ConstantSourceIntervention,
     Intervention,
     LocalistRepresentationIntervention,
-    SourcelessIntervention,
     broadcast_source,
     feature_mask,
     mask_like,
@@ -38,7 +37,7 @@ def _mask(intervention: Intervention, base: torch.Tensor, subspaces: Any) -> tor
     """Boolean mask broadcastable to ``base`` selecting the features to act on (None: all)."""
     if subspaces is not None:
         m = feature_mask(subspaces, base.shape[-1], base.shape[0], intervention.subspace_partition, base.device)
-        return mask_like(m, base)
+        return None if m is None else mask_like(m, base)
     k = _limit(intervention, base)
     if k is None:
         return None

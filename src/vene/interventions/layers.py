@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import orthogonal
@@ -40,14 +42,15 @@ class RotateLayer(LowRankRotateLayer):
         super().__init__(n, n, init_orth)
 
 
-def orthogonal_rotate_layer(n: int) -> nn.Module:
-    """A :class:`RotateLayer` kept orthogonal by a parametrisation."""
-    return orthogonal(RotateLayer(n))
+def orthogonal_rotate_layer(n: int) -> RotateLayer:
+    """A :class:`RotateLayer` kept orthogonal by a parametrisation (the same module, its
+    ``weight`` now computed by the parametrisation)."""
+    return cast(RotateLayer, orthogonal(RotateLayer(n)))
 
 
-def orthogonal_low_rank_layer(n: int, m: int) -> nn.Module:
+def orthogonal_low_rank_layer(n: int, m: int) -> LowRankRotateLayer:
     """A :class:`LowRankRotateLayer` whose columns stay orthonormal (a parametrisation)."""
-    return orthogonal(LowRankRotateLayer(n, m))
+    return cast(LowRankRotateLayer, orthogonal(LowRankRotateLayer(n, m)))
 
 
 class AutoencoderLayer(nn.Module):
@@ -61,8 +64,9 @@ class AutoencoderLayer(nn.Module):
         self.decoder = nn.Sequential(nn.Linear(self.latent_dim, self.input_dim, bias=True))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.decoder[0].bias.dtype)
-        return self.encoder(x - self.decoder[0].bias)
+        bias = cast(nn.Linear, self.decoder[0]).bias
+        x = x.to(bias.dtype)
+        return self.encoder(x - bias)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)

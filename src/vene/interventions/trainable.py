@@ -40,7 +40,7 @@ intervention but never handed to the optimiser.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -146,6 +146,14 @@ def _unfit(y: torch.Tensor, shape: Any) -> torch.Tensor:
     return y.reshape(shape)
 
 
+def _dim(iv: Intervention) -> int:
+    """The representation size of an intervention that requires one (checked at construction)."""
+    n = iv.embed_dim
+    if n is None:
+        raise ConfigError(f"{type(iv).__name__} has no embed_dim.")
+    return int(n)
+
+
 def _is_default_interchange(iv: Intervention) -> bool:
     k, n = iv.interchange_dim, iv.embed_dim
     if k is None:
@@ -162,11 +170,11 @@ def _mask(iv: Intervention, subspaces: Any, n: int, x: torch.Tensor, index_seman
     """
     batch = x.shape[0]
     if subspaces is not None:
-        m = feature_mask(subspaces, n, batch, iv.subspace_partition, x.device)
-        return m.view(batch, *([1] * (x.dim() - 2)), n)
-    if _is_default_interchange(iv):
-        return None
+        fm = feature_mask(subspaces, n, batch, iv.subspace_partition, x.device)
+        return None if fm is None else fm.view(batch, *([1] * (x.dim() - 2)), n)
     k = iv.interchange_dim
+    if k is None or _is_default_interchange(iv):
+        return None
     m = torch.zeros(n, dtype=torch.bool, device=x.device)
     if k.dim() == 0 and not index_semantics:
         m[: int(k)] = True
@@ -255,13 +263,14 @@ class LowRankRotatedSpaceIntervention(TrainableIntervention, DistributedRepresen
 
     def _mask_r(self, subspaces: Any, x: torch.Tensor) -> torch.Tensor | None:
         r = self.low_rank_dimension
-        if subspaces is None and (_is_default_interchange(self) or (self.interchange_dim.dim() == 0 and int(self.interchange_dim) >= r)):
+        k = self.interchange_dim
+        if subspaces is None and (k is None or _is_default_interchange(self) or (k.dim() == 0 and int(k) >= r)):
             return None
         return _mask(self, subspaces, r, x)
 
     def forward(self, base, source=None, subspaces=None):
         src = _source(self, base, source)
-        n = int(self.embed_dim)
+        n = _dim(self)
         b2, shape = _fit(base, n, self)
         s2, _ = _fit(src, n, self)
         W = self.rotate_layer.weight  # (n, r)
@@ -284,6 +293,7 @@ class BoundlessRotatedSpaceIntervention(_Temperature, TrainableIntervention, Dis
     keep_last_dim_default = True  # pyvene does not flatten it; both layouts work here
     #: integer positions 0..n-1: kept in float32 when the intervention follows a bf16 model
     exact_buffers = ("intervention_population",)
+    intervention_population: torch.Tensor  # a buffer: the rotated coordinates' indices
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -303,7 +313,7 @@ class BoundlessRotatedSpaceIntervention(_Temperature, TrainableIntervention, Dis
 
     def soft_mask(self) -> torch.Tensor:
         """The ``(n,)`` mask over rotated dimensions at the current temperature."""
-        n = int(self.embed_dim)
+        n = _dim(self)
         beta = torch.clamp(self.intervention_boundaries, 1e-3, 1.0)
         pos = self.intervention_population + 0.5
         t = self.temperature
@@ -355,7 +365,7 @@ class SigmoidMaskIntervention(_Temperature, TrainableIntervention, LocalistRepre
 
     def forward(self, base, source=None, subspaces=None):
         src = _source(self, base, source)
-        n = int(self.embed_dim)
+        n = _dim(self)
         b2, shape = _fit(base, n, self)
         s2, _ = _fit(src, n, self)
         m = torch.sigmoid(self.mask / self.temperature)
@@ -376,6 +386,10 @@ class PCARotatedSpaceIntervention(BasisAgnosticIntervention, DistributedRepresen
     or 0) and ``pca_std`` (default 1) standardise the input first. ``n_components`` alone builds an
     empty intervention to load weights into. Subspaces index the ``k`` components.
     """
+
+    pca_components: torch.Tensor  # buffers, set from the data
+    pca_mean: torch.Tensor
+    pca_std: torch.Tensor
 
     accepted_kwargs = frozenset({"pca", "pca_components", "pca_mean", "pca_std", "n_components"})
 
@@ -408,9 +422,9 @@ class PCARotatedSpaceIntervention(BasisAgnosticIntervention, DistributedRepresen
         if comps.dim() != 2:
             raise ConfigError(f"PCA components must be a (k, n) matrix, got shape {tuple(comps.shape)}.")
         k, n = comps.shape
-        if self.embed_dim is not None and int(self.embed_dim) != n:
+        if self.embed_dim is not None and _dim(self) != n:
             raise ConfigError(
-                f"The PCA was fitted on {n} features but the site has embed_dim {int(self.embed_dim)}."
+                f"The PCA was fitted on {n} features but the site has embed_dim {_dim(self)}."
             )
         if self.embed_dim is None:
             self.register_buffer("embed_dim", torch.tensor(n))
@@ -434,7 +448,7 @@ class PCARotatedSpaceIntervention(BasisAgnosticIntervention, DistributedRepresen
 
     def forward(self, base, source=None, subspaces=None):
         src = _source(self, base, source)
-        n = int(self.embed_dim)
+        n = _dim(self)
         b2, shape = _fit(base, n, self)
         s2, _ = _fit(src, n, self)
         C = self.pca_components
@@ -478,7 +492,7 @@ class AutoencoderIntervention(TrainableIntervention):
 
     def forward(self, base, source=None, subspaces=None):
         src = _source(self, base, source)
-        n = int(self.embed_dim)
+        n = _dim(self)
         b2, shape = _fit(base, n, self)
         s2, _ = _fit(src, n, self)
         zb = self.autoencoder.encode(b2)
@@ -486,7 +500,7 @@ class AutoencoderIntervention(TrainableIntervention):
         m = _mask(self, subspaces, self.latent_dim, zb, index_semantics=True)
         if self.preserve_error:
             dz = _apply(m, zs - zb)
-            W = self.autoencoder.decoder[0].weight  # (n, L)
+            W = cast(nn.Linear, self.autoencoder.decoder[0]).weight  # (n, L)
             out = b2.to(W.dtype) + torch.matmul(dz, W.T)
         else:
             z = zs if m is None else torch.where(m, zs, zb)
@@ -553,8 +567,9 @@ def _input_dim_of(module: nn.Module) -> int | None:
     for m in module.modules():
         if isinstance(m, nn.Linear):
             return m.in_features
-        if type(m).__name__ == "Conv1D" and getattr(m, "weight", None) is not None:  # transformers GPT-2
-            return m.weight.shape[0]
+        w = getattr(m, "weight", None)
+        if type(m).__name__ == "Conv1D" and isinstance(w, torch.Tensor):  # transformers GPT-2
+            return int(w.shape[0])
     return None
 
 
