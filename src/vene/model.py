@@ -33,6 +33,7 @@ from .placement import place, real_tensor, site_device, site_dtype
 from .plan import CallPlan, KeySpec, LocationCache, build_plan
 from .serialization import SerializationMixin
 from .training.guards import check_gradient_checkpointing
+from .types import Inputs, Sources, Subspaces, UnitLocations
 
 logger = logging.getLogger(__name__)
 
@@ -281,11 +282,11 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
 
     def plan_call(
         self,
-        base: Any,
-        sources: Any = None,
-        unit_locations: Any = None,
+        base: Inputs,
+        sources: Sources = None,
+        unit_locations: UnitLocations = None,
         source_representations: Any = None,
-        subspaces: Any = None,
+        subspaces: Subspaces = None,
         intervention_additional_kwargs: Any = None,
     ) -> CallPlan:
         """Validate one call's arguments into a :class:`~vene.plan.CallPlan` (nothing runs)."""
@@ -295,11 +296,11 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
 
     def forward(
         self,
-        base: Any,
-        sources: Any = None,
-        unit_locations: Any = None,
+        base: Inputs,
+        sources: Sources = None,
+        unit_locations: UnitLocations = None,
         source_representations: Any = None,
-        subspaces: Any = None,
+        subspaces: Subspaces = None,
         labels: Any = None,
         output_original_output: bool = False,
         return_dict: bool | None = None,
