@@ -482,8 +482,13 @@ def test_checkpointing_vene_cannot_follow_is_refused_with_a_clear_error():
     with pytest.raises(pv.ConfigError, match="without a _gradient_checkpointing_func"):
         iv(base, [src], {"sources->base": 2})
     assert hooks == [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()]
-    with torch.no_grad():
-        iv(base, [src], {"sources->base": 2})
+    with torch.no_grad():  # no gradients recorded: nothing to refuse
+        try:
+            model(**base)
+        except AttributeError:  # transformers < 5.25 checkpoints under no_grad too: the plain model fails
+            pass
+        else:
+            iv(base, [src], {"sources->base": 2})
     disable()
     _, out = iv(base, [src], {"sources->base": 2})
     out.logits.sum().backward()
