@@ -317,11 +317,7 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
         """
         check_gradient_checkpointing(self)
         plan = self.plan_call(base, sources, unit_locations, source_representations, subspaces, intervention_additional_kwargs)
-        extra: dict[str, Any] = {}
-        if labels is not None:
-            extra["labels"] = labels
-        if use_cache is not None and self._uses_cache_flag:
-            extra["use_cache"] = use_cache
+        extra = self._model_kwargs(labels, use_cache)
         self.full_intervention_outputs = plan.full_outputs
         coupled = labels is not None or bool(use_cache) or self._stateful or any(m.training for m in self._batchnorms)
         reused = None
@@ -343,6 +339,19 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
         else:
             original, intervened = engine.run_separate(self.model, plan, base, extra, output_original_output,
                                                        self.model_has_grad, not self._stateful, reused)
+        return self._outputs(plan, original, intervened, return_dict)
+
+    def _model_kwargs(self, labels: Any, use_cache: bool | None) -> dict[str, Any]:
+        """The keyword arguments a call hands the model beside the base inputs."""
+        extra: dict[str, Any] = {}
+        if labels is not None:
+            extra["labels"] = labels
+        if use_cache is not None and self._uses_cache_flag:
+            extra["use_cache"] = use_cache
+        return extra
+
+    def _outputs(self, plan: CallPlan, original: Any, intervened: Any, return_dict: bool | None) -> Any:
+        """A call's return value in pyvene's shapes (see :meth:`forward`)."""
         collected = None
         if self.return_collect_activations:
             collected = []

@@ -22,7 +22,7 @@ from torch import nn
 
 from .. import engine
 from ..errors import ConfigError
-from ..model import IntervenableModel, IntervenableModelOutput
+from ..model import IntervenableModel
 from ..training.guards import check_gradient_checkpointing
 from .nnsight_exec import Job, Pass, SiteServer, StepServer, StopCount
 
@@ -207,11 +207,7 @@ class IntervenableNdifModel(IntervenableModel):
         """As :meth:`vene.IntervenableModel.forward`, run through nnsight (see the class docstring)."""
         check_gradient_checkpointing(self)
         plan = self.plan_call(base, sources, unit_locations, source_representations, subspaces, intervention_additional_kwargs)
-        inputs = dict(base)
-        if labels is not None:
-            inputs["labels"] = labels
-        if use_cache is not None and self._uses_cache_flag:
-            inputs["use_cache"] = use_cache
+        inputs = {**base, **self._model_kwargs(labels, use_cache)}
         self.full_intervention_outputs = plan.full_outputs
         protected = engine.protected_storages(base, *plan.sources)
         passes: list[Pass] = []
@@ -226,17 +222,7 @@ class IntervenableNdifModel(IntervenableModel):
         checks.append((ops, "forward pass"))
         outputs = self._run(passes, plan, checks)
         original = outputs[0] if output_original_output else None
-        intervened = outputs[-1]
-        collected = None
-        if self.return_collect_activations:
-            collected = []
-            for k in self.sorted_keys:
-                collected.extend(plan.collected.get(k, []))
-        if return_dict:
-            return IntervenableModelOutput(original, intervened, collected)
-        if self.return_collect_activations:
-            return (original, collected), intervened
-        return original, intervened
+        return self._outputs(plan, original, outputs[-1], return_dict)
 
     def _run_generation(self, plan: Any, gates: dict, counter: Any, base: Any, generate_kwargs: dict,
                         want_original: bool) -> tuple[Any, Any, list]:
