@@ -173,7 +173,13 @@ def _component(prefix: str, comp: str) -> str:
 
 
 def _close(a, b, what):
-    torch.testing.assert_close(a, b, atol=ATOL, rtol=RTOL, msg=lambda m: f"{what}: {m}")
+    # plus an absolute error relative to the output's scale (1e-4 of its largest value, as the
+    # layer stepper's own check): a call may run on fewer positions than the reference
+    # (vene.resume), which rounds differently in the last bits
+    atol = ATOL
+    if isinstance(b, torch.Tensor) and b.numel() and b.is_floating_point():
+        atol = max(ATOL, 1e-4 * float(b.detach().abs().max()))
+    torch.testing.assert_close(a, b, atol=atol, rtol=RTOL, msg=lambda m: f"{what}: {m}")
 
 
 def out_of(fam: zoo.Family, out: Any) -> torch.Tensor:

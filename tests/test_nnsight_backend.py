@@ -56,7 +56,9 @@ def _both(config_factory, pair, remote=False):
     intervention objects (built by ``config_factory``, identically seeded)."""
     m, lm = pair
     torch.manual_seed(7)
-    hook = pv.IntervenableModel(config_factory(), m)
+    # the backends are compared bit for bit: the hook backend's base resumption (vene.resume)
+    # computes fewer positions and rounds differently, so it is off here
+    hook = pv.IntervenableModel(config_factory(), m, reuse_base=False)
     torch.manual_seed(7)
     nns = pv.build_intervenable_model(config_factory(), lm, remote=remote)
     assert isinstance(nns, pv.IntervenableNdifModel) and nns.remote == remote

@@ -102,7 +102,7 @@ def _das(model, batch_sources):
     torch.manual_seed(0)
     return pv.IntervenableModel({"layer": 1, "component": "block_output", "low_rank_dimension": 2,
                                  "intervention_type": pv.LowRankRotatedSpaceIntervention},
-                                model=model, batch_sources=batch_sources)
+                                model=model, batch_sources=batch_sources, reuse_base=False)
 
 
 def test_das_step_keeps_source_rows_out_of_the_graph_and_matches_the_fused_gradient():

@@ -47,6 +47,7 @@ def hand_interchange(model, layer, base, src, pos):
 
 
 def call(model, layer, base, src, pos=2, **kw):
+    kw.setdefault("reuse_base", False)  # these tests count source passes; base resumption: test_resume.py
     pvm = pv.IntervenableModel({"layer": layer, "component": "block_output"}, model=model, batch_sources=False, **kw)
     return pvm(base, [src], {"sources->base": pos})[1].logits
 
@@ -81,7 +82,7 @@ def test_fused_first_call_then_reuse(model, monkeypatch):
     with torch.no_grad():
         outs = []
         for l in range(3):
-            pvm = pv.IntervenableModel({"layer": l, "component": "block_output"}, model=model)
+            pvm = pv.IntervenableModel({"layer": l, "component": "block_output"}, model=model, reuse_base=False)
             outs.append(pvm(base, [src], {"sources->base": 2})[1].logits)
         assert counter.n == 1 + 2 + 1  # fused; source (wide) + base; base
         for l in range(3):

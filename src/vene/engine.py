@@ -158,15 +158,21 @@ def run_fused(model: nn.Module, plan: CallPlan, base: Mapping, rows: RowLayout, 
 
 
 def run_separate(model: nn.Module, plan: CallPlan, base: Mapping, extra: dict, want_original: bool,
-                 model_has_grad: bool, early_stop: bool, reuse: Any = None) -> tuple[Any, Any]:
-    """Source passes (or recorded activations, with ``reuse``), then the base pass; returns
+                 model_has_grad: bool, early_stop: bool, reuse: Any = None, resume: Any = None) -> tuple[Any, Any]:
+    """Source passes (or recorded activations, with ``reuse``), then the base pass (resumed from
+    recorded base states with ``resume``, a :class:`vene.resume.Resume`); returns
     ``(original or None, intervened)`` outputs."""
     original = model(**base, **extra) if want_original else None
     protected = protected_storages(base, *plan.sources)
     run_sources(model, plan, protected, model_has_grad, early_stop, reuse)
-    ops = ops_for(plan, {}, {plan.n_groups: None})
-    with HookSession(model) as session:
-        install(session, model, ops, plan, protected)
-        out = model(**base, **extra)
+    out = None
+    if resume is not None:
+        ops = resume.ops
+        out = resume.run(ops, lambda session, ops, prot: install(session, model, ops, plan, prot), protected)
+    if out is None:
+        ops = ops_for(plan, {}, {plan.n_groups: None})
+        with HookSession(model) as session:
+            install(session, model, ops, plan, protected)
+            out = model(**base, **extra)
     check_fired(ops, "forward pass")
     return original, out

@@ -11,13 +11,14 @@ from __future__ import annotations
 import inspect
 import logging
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from . import batching, engine, generation, reuse
+from . import batching, engine, generation, resume, reuse
 from .batching import FUSE_BUDGET  # noqa: F401  (re-exported: the documented budget)
 from .components import get_module, resolve_site
 from .config import IntervenableConfig, RepresentationConfig
@@ -112,6 +113,7 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
         freeze_model: bool = True,
         intervention_dtype: torch.dtype | None = None,
         reuse_sources: bool = True,
+        reuse_base: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__()
@@ -142,6 +144,9 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
         if not isinstance(reuse_sources, bool):
             raise ConfigError(f"reuse_sources must be True or False, got {reuse_sources!r}.")
         self.reuse_sources = reuse_sources
+        if not isinstance(reuse_base, bool):
+            raise ConfigError(f"reuse_base must be True or False, got {reuse_base!r}.")
+        self.reuse_base = reuse_base
         self.model_has_grad = False
         self.representations: dict[str, RepresentationConfig] = {}
         self.interventions = nn.ModuleDict()
@@ -323,10 +328,12 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
         reused = None
         if self.reuse_sources and not self.model_has_grad and not self._stateful:
             reused = reuse.plan_reuse(self.model, plan)
+        resumed = self._plan_resume(plan, base, extra, reused)
         # sources recorded before (or seen before: recorded now for the next calls) run apart;
         # so do the sources of a training step ("auto"): a fused pass would carry their rows
         # through the autograd graph from the first trained site on, a no_grad source pass does not
-        fuse = (reused is None or not reused.any_seen) and (bool(plan.groups_read()) or output_original_output) \
+        fuse = resumed is None and (reused is None or not reused.any_seen) \
+            and (bool(plan.groups_read()) or output_original_output) \
             and not (self.batch_sources == "auto" and self._trains_now()) \
             and batching.can_fuse(plan, base, self.batch_sources, output_original_output, self.model_config, coupled)
         if fuse:
@@ -338,8 +345,26 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
                 reused.note_fused(plan)
         else:
             original, intervened = engine.run_separate(self.model, plan, base, extra, output_original_output,
-                                                       self.model_has_grad, not self._stateful, reused)
+                                                       self.model_has_grad, not self._stateful, reused, resumed)
         return self._outputs(plan, original, intervened, return_dict)
+
+    def _plan_resume(self, plan: CallPlan, base: Any, extra: dict, reused: Any) -> Any:
+        """The call's base resumption (:mod:`vene.resume`), or None when the base runs in full."""
+        if not self.reuse_base or self.model_has_grad or self._stateful or plan.serial or not isinstance(base, Mapping):
+            return None
+        if reused is not None:
+            fp = reused.fingerprint
+        else:
+            st = reuse.store_for(self.model)
+            fp = st.fingerprint()
+            if any(fp[0]):  # a module in training mode: the base may differ every call
+                return None
+        ops = engine.ops_for(plan, {}, {plan.n_groups: None})
+        r = resume.plan_resume(self.model, plan, ops, base, extra, self._trains_now(), fp,
+                               reuse.store_for(self.model).fingerprint)
+        if r is not None:
+            r.ops = ops
+        return r
 
     def _model_kwargs(self, labels: Any, use_cache: bool | None) -> dict[str, Any]:
         """The keyword arguments a call hands the model beside the base inputs."""

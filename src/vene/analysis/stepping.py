@@ -53,6 +53,20 @@ def _is_cache_object(v: Any) -> bool:
     return callable(getattr(v, "update", None)) and callable(getattr(v, "get_seq_length", None))
 
 
+def call_signature(fn: Callable) -> inspect.Signature:
+    """The signature ``fn`` is called with. A module's ``forward`` replaced by a wrapper object
+    around the class's function (nnsight's) reports ``self`` first; it is dropped, so positional
+    arguments line up with the parameters they fill."""
+    sig = inspect.signature(fn)
+    params = list(sig.parameters.values())
+    if params and params[0].name == "self" and not inspect.ismethod(fn) and params[0].kind in (
+            inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        owner = getattr(fn, "__self__", None)
+        if owner is None and not inspect.isfunction(fn):
+            sig = sig.replace(parameters=params[1:])
+    return sig
+
+
 def find_cache_parameter(fn: Callable, args: tuple = (), kwargs: Mapping[str, Any] | None = None) -> str | None:
     """The name of the parameter through which ``fn`` (a layer's ``forward``) receives its key/value
     cache, or None.
@@ -64,7 +78,7 @@ def find_cache_parameter(fn: Callable, args: tuple = (), kwargs: Mapping[str, An
     """
     kwargs = dict(kwargs or {})
     try:
-        params = list(inspect.signature(fn).parameters.values())
+        params = list(call_signature(fn).parameters.values())
     except (TypeError, ValueError):
         return None
     named = [p for p in params if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
@@ -144,8 +158,10 @@ class LayerStepper:
     row ``src[row]`` whose per-example arguments (masks, position ids...) it uses.
     """
 
-    def __init__(self, model: nn.Module, layers_path: str, total: int, seq: int) -> None:
+    def __init__(self, model: nn.Module, layers_path: str, total: int, seq: int, record_kv: bool = True) -> None:
         self.model = model
+        #: hand each layer's attention a key/value recorder (needed for prefix trimming)
+        self.record_kv = record_kv
         # layers_path names a stack's ModuleList (components.find_stacks keeps only those)
         self.layers = cast(nn.ModuleList, model.get_submodule(layers_path))
         self.layers_path = layers_path
@@ -179,10 +195,10 @@ class LayerStepper:
                 return None
             self.layer_in[j] = t
             self.calls[j] = rebuild(HIDDEN)
-            slot = find_cache_parameter(mod.forward, args, kwargs)
+            slot = find_cache_parameter(mod.forward, args, kwargs) if self.record_kv else None
             if slot is None:
                 return None
-            params = {p.name: (i, p) for i, p in enumerate(inspect.signature(mod.forward).parameters.values())}
+            params = {p.name: (i, p) for i, p in enumerate(call_signature(mod.forward).parameters.values())}
             i, p = params.get(slot, (len(args), None))
             if i < len(args) and (p is None or p.kind is not inspect.Parameter.KEYWORD_ONLY):
                 if args[i] is not None:
@@ -205,13 +221,16 @@ class LayerStepper:
         return fn
 
     # -- replay ------------------------------------------------------------------------------------
-    def _batch(self, v: Any, src: torch.Tensor) -> Any:
+    def _batch(self, v: Any, src: torch.Tensor | None) -> Any:
+        if src is None:  # every row is its own recorded row
+            return v
         if isinstance(v, torch.Tensor) and v.dim() >= 2 and v.shape[0] == self.total and self.total > 1:
             return v.index_select(0, src)
         return v
 
-    def replay(self, j: int, hidden: torch.Tensor, src: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Layer ``j`` on ``hidden`` ``(rows, seq - start, d)``; returns its output hidden state."""
+    def replay(self, j: int, hidden: torch.Tensor, src: torch.Tensor | None, start: int = 0) -> torch.Tensor:
+        """Layer ``j`` on ``hidden`` ``(rows, seq - start, d)``; returns its output hidden state.
+        ``src``: the recorded row of each row (None: row ``r`` is recorded row ``r``)."""
         if start == 0:
             args, kwargs = self.calls[j]
 
@@ -225,10 +244,12 @@ class LayerStepper:
         assert t is not None  # the recording pass saw a tensor output from every layer
         return t
 
-    def _trimmed(self, j: int, hidden: torch.Tensor, src: torch.Tensor, f: int) -> dict:
+    def _trimmed(self, j: int, hidden: torch.Tensor, src: torch.Tensor | None, f: int) -> dict:
         s = self.seq
         key, value = self.kv[j]
-        past = _PrefixKV(key.index_select(0, src)[:, :, :f], value.index_select(0, src)[:, :, :f])
+        if src is not None:
+            key, value = key.index_select(0, src), value.index_select(0, src)
+        past = _PrefixKV(key[:, :, :f], value[:, :, :f])
 
         def cut(v: Any) -> Any:
             if v is HIDDEN:
@@ -315,20 +336,11 @@ class LayerStepper:
             self.trim = self.reason is None
         return None
 
-    def _check_trim(self, src: torch.Tensor) -> str | None:
-        """None when prefix reuse is exact, else the reason it is not."""
-        n, s = len(self.layers), self.seq
-        if s < 2:
-            return "the prompt has a single token"
-        missing = [j for j in range(n) if self.kv[j] is None]
-        if missing:
-            if any(self.slot[j] is None for j in missing):
-                return (f"no key/value cache argument was found in the signature of "
-                        f"{type(self.layers[missing[0]]).__name__}.forward")
-            return f"layer {missing[0]}'s attention did not store its keys/values in the cache it was handed"
-        for j in range(n):
+    def _bind(self) -> str | None:
+        """Bind each layer's recorded arguments to its signature (for trimmed replays)."""
+        for j in range(len(self.layers)):
             try:
-                bound = inspect.signature(self.layers[j].forward).bind(*self.calls[j][0], **self.calls[j][1])
+                bound = call_signature(self.layers[j].forward).bind(*self.calls[j][0], **self.calls[j][1])
             except (TypeError, ValueError) as e:
                 return f"layer {j}'s recorded arguments do not bind to its signature ({e})"
             named = {}
@@ -341,6 +353,40 @@ class LayerStepper:
                 else:
                     named[name] = v
             self.named[j] = named
+        return None
+
+    def prepare(self, verified: "LayerStepper") -> str | None:
+        """Make a new recording replayable with what :meth:`check` established on an earlier
+        recording of the same model (final norm, output head, whether prefixes trim), without
+        running the numerical checks again. Returns why it cannot be replayed, or None."""
+        n = len(self.layers)
+        if any(x is None for x in self.layer_in) or any(x is None for x in self.layer_out):
+            return "not every layer received a hidden-state tensor in the recording pass"
+        self.head, self.norm, self.trim, self.reason = verified.head, verified.norm, verified.trim, verified.reason
+        if self.trim:
+            if any(self.kv[j] is None for j in range(n)):
+                self.trim = False
+                self.reason = "a layer's attention did not store its keys/values in the cache it was handed"
+                return None
+            why = self._bind()
+            if why is not None:
+                self.trim, self.reason = False, why
+        return None
+
+    def _check_trim(self, src: torch.Tensor) -> str | None:
+        """None when prefix reuse is exact, else the reason it is not."""
+        n, s = len(self.layers), self.seq
+        if s < 2:
+            return "the prompt has a single token"
+        missing = [j for j in range(n) if self.kv[j] is None]
+        if missing:
+            if any(self.slot[j] is None for j in missing):
+                return (f"no key/value cache argument was found in the signature of "
+                        f"{type(self.layers[missing[0]]).__name__}.forward")
+            return f"layer {missing[0]}'s attention did not store its keys/values in the cache it was handed"
+        why = self._bind()
+        if why is not None:
+            return why
         for j in range(n):
             try:
                 self._trimmed(j, self.layer_in[j][:1, 1:], src[:1], 1)
