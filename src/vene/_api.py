@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from . import components, data_generators, models
 from .calls import Call, CallFallbackWarning, CallsResult, run_calls
+from .resume import ResumeFallbackWarning
 from .causal_model import CausalModel, CausalModelError, SamplingError
 from .components import list_components, type_to_dimension_mapping, type_to_module_mapping
 from .config import IntervenableConfig, RepresentationConfig
@@ -128,5 +129,5 @@ __all__ = [
     "create_blip", "create_blip_itm", "create_directory", "create_gpt_oss", "create_llava", "create_olmo",
     "get_type_from_string", "harmonic_sigmoid_boundary", "random_permutation_matrix", "data_generators",
     "TrainingModule", "collate_interventions", "placement_report",
-    "Call", "CallFallbackWarning", "CallsResult", "run_calls",
+    "Call", "CallFallbackWarning", "CallsResult", "run_calls", "ResumeFallbackWarning",
 ]

@@ -100,6 +100,12 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
     ``reuse_sources`` (default True): a source whose inputs and model state are the same as in an
     earlier call (of any ``IntervenableModel`` on this model) reads the activations recorded then
     instead of running again; see :mod:`vene.reuse` for exactly when. False always runs sources.
+
+    ``reuse_base`` (default True): a call whose interventions start at layer ``L`` and token ``p``
+    runs layers ``L..`` on positions ``p..`` from a recorded un-intervened pass of the same base
+    (a base seen before, or a training step patching late tokens); logits agree with the full
+    pass to floating-point rounding. See :mod:`vene.resume` for exactly when. False always runs
+    the base pass in full.
     """
 
     def __init__(
