@@ -311,3 +311,15 @@ def test_a_hook_on_the_model_itself_is_never_skipped(model):
     assert counts(model) == (0, 0)
     for g in got:
         torch.testing.assert_close(g, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_base_too_big_for_the_budget_is_never_recorded(model, monkeypatch):
+    """Recording a base that the budget would drop right away only adds a pass: it runs in full."""
+    resume.set_budget(model, 1000)
+    monkeypatch.setattr(resume._store(model), "budget", 1000)  # restored after the test
+    base, src = ids(2, seq=6, seed=35), ids(2, seq=6, seed=36)
+    with torch.no_grad():
+        got = [call(model, 2, base, src, 3) for _ in range(3)]
+    assert counts(model) == (0, 0)
+    with torch.no_grad():
+        torch.testing.assert_close(got[2], hand(model, 2, base, src, 3), rtol=1e-5, atol=1e-5)

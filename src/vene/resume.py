@@ -27,9 +27,10 @@ named component inside a layer of the stack, with ``"pos"`` units at non-negativ
 model frozen and in eval mode, no recurrent units. Whether the model can be stepped at all is
 checked on its first record (replaying layers against the recording, causality included); a model
 that fails the check gets one :class:`ResumeFallbackWarning` naming the reason, and its calls run
-in full. Records live in a per-model budget (:data:`BUDGET` bytes, least recently used dropped);
-``IntervenableModel(..., reuse_base=False)`` switches resumption off, :func:`vene.reuse.clear`
-forgets records too. :func:`stats` counts what happened.
+in full. Records live in a per-model budget (:data:`BUDGET` bytes, :func:`set_budget`; least recently
+used dropped, a base too big for it is never recorded);
+``IntervenableModel(..., reuse_base=False)`` switches resumption off, :func:`clear` forgets the
+records, :func:`stats` counts what happened.
 """
 from __future__ import annotations
 
@@ -126,6 +127,13 @@ def clear(model: nn.Module | None = None) -> None:
             s.records.clear()
     elif model in _STORES:
         _STORES[model].records.clear()
+
+
+def set_budget(model: nn.Module, nbytes: int) -> None:
+    """Bytes of base records kept for ``model`` (0 keeps none: bases seen again run in full)."""
+    s = _store(model)
+    s.budget = int(nbytes)
+    s.trim()
 
 
 def stats(model: nn.Module) -> dict:
@@ -302,6 +310,20 @@ def _with_logits(out: Any, logits: torch.Tensor) -> Any:
     return type(out)(**fields)
 
 
+def _estimate(model: nn.Module, ids: torch.Tensor) -> int:
+    """Bytes of a record of ``ids``: the logits, and per layer its input, output and keys/values."""
+    cfg = getattr(model, "config", None)
+
+    def get(*names: str, default: int) -> int:
+        return next((v for v in (getattr(cfg, n, None) for n in names) if isinstance(v, int)), default)
+
+    vocab = get("vocab_size", default=50000)
+    width = get("hidden_size", "n_embd", "d_model", default=1024)
+    layers = get("num_hidden_layers", "n_layer", "num_layers", default=24)
+    el = next((p.element_size() for p in model.parameters()), 4)
+    return ids.numel() * el * (vocab + 4 * layers * width)
+
+
 def _stepper_bytes(st: Any) -> int:
     seen: set[int] = set()
     n = 0
@@ -410,6 +432,8 @@ def plan_resume(model: nn.Module, plan: Any, ops: list[Op], base: Mapping, extra
     if layer == 0 and store.verified is not None and not store.verified.trim:
         return None
     record = store.find(base, fingerprint)
+    if record is None and not trains and _estimate(model, ids) > store.budget:
+        return None  # the record would not be kept: recording it would only add a pass
     if trains:
         seq = ids.shape[1]
         if record is None and (seq - pos) / seq <= TRAIN_SHARE:
