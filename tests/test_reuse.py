@@ -275,3 +275,30 @@ def test_wide_recording_stays_within_the_budget(model, monkeypatch):
         for l in range(3):
             torch.testing.assert_close(call(model, l, base, src), hand_interchange(model, l, base, src, 2), rtol=0, atol=1e-6)
         assert sum(e.nbytes for e in store.entries) <= store.budget
+
+
+def test_generate_reuses_a_source_seen_before(model, monkeypatch):
+    """A source run by an earlier call (forward or generate) is not run again by ``generate``, and
+    the generated tokens are those of the call that runs it."""
+    base, src = ids(1, seq=3, seed=1), ids(1, seq=5, seed=2)
+    seen: list[int] = []
+    emb = model.transformer.wte
+    orig = emb.forward
+
+    def counted(x, *a, **k):
+        seen.append(x.shape[-1])
+        return orig(x, *a, **k)
+
+    monkeypatch.setattr(emb, "forward", counted)
+    kw = dict(max_new_tokens=3, do_sample=False, pad_token_id=0)
+    outs = {}
+    for rs in (False, True, True, True):
+        pvm = pv.IntervenableModel({"layer": 1, "component": "block_output"}, model=model, reuse_sources=rs)
+        seen.clear()
+        with torch.no_grad():
+            outs.setdefault(rs, []).append(pvm.generate(base, sources=[src], unit_locations={"sources->base": (4, 2)}, timesteps="prompt", **kw)[1])
+        outs[rs][-1] = (outs[rs][-1], seen.count(5))
+    assert outs[False][0][1] == 1
+    assert [n for _, n in outs[True]] == [1, 0, 0]  # run (and recorded) once, then reused
+    for g, _ in outs[True]:
+        assert torch.equal(g, outs[False][0][0])

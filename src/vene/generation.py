@@ -51,7 +51,7 @@ from typing import Any, Callable
 
 import torch
 
-from . import engine
+from . import engine, reuse
 from .errors import ConfigError, LocationError, SourceError
 from .types import Inputs, Sources, Subspaces, UnitLocations
 from .hooks import HookSession
@@ -396,7 +396,11 @@ def run_hooked(pvm: Any, plan: Any, gates: dict, counter: _StepCounter, base: Ma
     model = pvm.model
     original = model.generate(**base, **generate_kwargs) if want_original else None
     protected = engine.protected_storages(base, *plan.sources)
-    engine.run_sources(model, plan, protected, pvm.model_has_grad, not any(s.unit == "t" for s in pvm.key_specs))
+    reused = None  # a source seen by an earlier call (forward or generate) is not run again
+    if pvm.reuse_sources and not pvm.model_has_grad and not pvm._stateful:
+        reused = reuse.plan_reuse(model, plan)
+    engine.run_sources(model, plan, protected, pvm.model_has_grad, not any(s.unit == "t" for s in pvm.key_specs),
+                       reused)
     ops = engine.ops_for(plan, {}, {plan.n_groups: None}, steps=gates)
     handle = model.register_forward_pre_hook(counter, with_kwargs=True)
     try:
