@@ -165,12 +165,11 @@ def run_separate(model: nn.Module, plan: CallPlan, base: Mapping, extra: dict, w
     original = model(**base, **extra) if want_original else None
     protected = protected_storages(base, *plan.sources)
     run_sources(model, plan, protected, model_has_grad, early_stop, reuse)
+    ops = ops_for(plan, {}, {plan.n_groups: None})
     out = None
     if resume is not None:
-        ops = resume.ops
         out = resume.run(ops, lambda session, ops, prot: install(session, model, ops, plan, prot), protected)
     if out is None:
-        ops = ops_for(plan, {}, {plan.n_groups: None})
         with HookSession(model) as session:
             install(session, model, ops, plan, protected)
             out = model(**base, **extra)

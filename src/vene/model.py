@@ -358,19 +358,15 @@ class IntervenableModel(SerializationMixin, ParameterHelpersMixin, nn.Module):
         """The call's base resumption (:mod:`vene.resume`), or None when the base runs in full."""
         if not self.reuse_base or self.model_has_grad or self._stateful or plan.serial or not isinstance(base, Mapping):
             return None
-        if reused is not None:
-            fp = reused.fingerprint
-        else:
-            st = reuse.store_for(self.model)
-            fp = st.fingerprint()
-            if any(fp[0]):  # a module in training mode: the base may differ every call
-                return None
-        ops = engine.ops_for(plan, {}, {plan.n_groups: None})
-        r = resume.plan_resume(self.model, plan, ops, base, extra, self._trains_now(), fp,
-                               reuse.store_for(self.model).fingerprint)
-        if r is not None:
-            r.ops = ops
-        return r
+        store = reuse.store_for(self.model)
+
+        def fingerprint() -> tuple | None:
+            if reused is not None:
+                return reused.fingerprint
+            fp = store.fingerprint()
+            return None if any(fp[0]) else fp  # a module in training mode: the base may differ every call
+
+        return resume.plan_resume(self.model, plan, base, extra, self._trains_now(), fingerprint, store.fingerprint)
 
     def _model_kwargs(self, labels: Any, use_cache: bool | None) -> dict[str, Any]:
         """The keyword arguments a call hands the model beside the base inputs."""

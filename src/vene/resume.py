@@ -148,22 +148,22 @@ def stats(model: nn.Module) -> dict:
 # eligibility
 
 
-def _start(model: nn.Module, stack: str, ops: list[Op]) -> tuple[int, int] | None:
-    """``(first layer, first position)`` the base-side ops touch, or None when one of them is
-    not a position-wise op on a named site inside the layer stack."""
+def _start(stack: str, plan: Any) -> tuple[int, int] | None:
+    """``(first layer, first position)`` the call's base-side interventions touch, or None when
+    one of them is not position-wise on a named site inside the layer stack."""
     pat = re.compile(re.escape(stack) + r"\.(\d+)(?:\.|$)")
     first_layer, first_pos = None, None
-    for op in ops:
-        s = op.spec
+    for k in plan.keys:
+        if not k.active or k.target != plan.n_groups:
+            continue
+        s = k.spec
         site = s.site
-        if s.unit != "pos" or site.head_layout or site.io not in ("input", "output") or op.rows is not None:
-            return None
-        if not isinstance(op.step, EveryFiring):
+        if s.unit != "pos" or site.head_layout or site.io not in ("input", "output"):
             return None
         m = pat.match(site.module_path)
         if m is None:
             return None
-        loc = op.loc
+        loc = k.base_loc
         if loc is None or loc.two_level or loc.rows is not None:
             return None
         lo = int(loc.idx.min()) if loc.idx.numel() else 0
@@ -200,7 +200,6 @@ class Resume:
         self.model, self.store, self.record = model, store, record
         self.stack, self.layer, self.pos = stack, layer, pos
         self.base, self.extra = base, extra
-        self.ops: list[Op] = []  # the base-side ops (set by the caller)
         self.fresh = fresh  # the record is made for this call only (a training step)
         self.refresh = refresh  # () -> the model state's fingerprint
 
@@ -393,15 +392,15 @@ def _accepts_use_cache(model: nn.Module) -> bool:
     return "use_cache" in params
 
 
-def plan_resume(model: nn.Module, plan: Any, ops: list[Op], base: Mapping, extra: dict, trains: bool,
-                fingerprint: tuple | None, refresh: Any = None) -> Resume | None:
+def plan_resume(model: nn.Module, plan: Any, base: Mapping, extra: dict, trains: bool,
+                fingerprint: Any, refresh: Any = None) -> Resume | None:
     """The call's base resumption, or None when its base pass runs in full.
 
-    ``ops``: the base-side ops of the call; ``trains``: the call builds an autograd graph (only
-    interventions' weights train; the model is frozen); ``fingerprint``: the model state
-    (:meth:`vene.reuse.SourceStore.fingerprint`), None when the model state rules resumption out.
+    ``trains``: the call builds an autograd graph (only interventions' weights train; the model
+    is frozen); ``fingerprint()``: the model state (:meth:`vene.reuse.SourceStore.fingerprint`),
+    or None when the model state rules resumption out; ``refresh()``: the state after a pass.
     """
-    if fingerprint is None or plan.serial or not ops:
+    if plan.serial:
         return None
     if set(base) - set(_INPUTS) or "input_ids" not in base:
         return None
@@ -423,13 +422,16 @@ def plan_resume(model: nn.Module, plan: Any, ops: list[Op], base: Mapping, extra
     stack = store.stack
     if _wrapped_outside(model, stack) is not None:
         return None
-    start = _start(model, stack, ops)
+    start = _start(stack, plan)
     if start is None:
         return None
     layer, pos = start
     if layer == 0 and pos == 0:
         return None
     if layer == 0 and store.verified is not None and not store.verified.trim:
+        return None
+    fingerprint = fingerprint()
+    if fingerprint is None:
         return None
     record = store.find(base, fingerprint)
     if record is None and not trains and _estimate(model, ids) > store.budget:
