@@ -64,10 +64,11 @@ def _groups(data: list[dict]) -> dict[tuple, list[int]]:
 
 
 def _cache_arg(model: nn.Module) -> str:
-    """The keyword a transformers model takes its KV cache under (``cache`` from 5.x on)."""
-    import inspect
+    """The keyword a transformers model takes its KV cache under (found from its signature:
+    ``cache`` on recent releases, ``past_key_values`` before)."""
+    from ..analysis.stepping import find_cache_parameter
 
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return find_cache_parameter(model.forward) or "past_key_values"
 
 
 def _pronoun_logits(model: nn.Module, ids: torch.Tensor, he: int, she: int, past: Any = None) -> torch.Tensor:
